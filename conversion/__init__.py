@@ -1,0 +1,1 @@
+"""PyTorch/HF ⇄ dreamjax checkpoint conversion. ``keymap`` is the one table both directions use."""
