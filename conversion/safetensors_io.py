@@ -1,0 +1,159 @@
+"""Minimal, strict safetensors reader/writer in numpy (bf16 included, via ml_dtypes).
+
+The ``safetensors`` package's numpy backend cannot return bfloat16, the dtype Dream checkpoints ship in,
+so dreamjax parses the format itself: 8-byte little-endian header length, JSON header
+``{name: {dtype, shape, data_offsets}}``, then raw little-endian bytes. Tensors are read one at a time
+from a memory map (nothing else is loaded), and a truncated or malformed file is an error naming the file
+and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    pass
+
+
+class SafetensorsFile:
+    """Lazy view of one ``.safetensors`` file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SafetensorsError(f"{self.path}: truncated (no header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise SafetensorsError(f"{self.path}: header length {n} does not fit the file ({size} bytes); "
+                                       "the file is truncated or not safetensors")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SafetensorsError(f"{self.path}: header is not valid JSON ({e})") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + n
+        self._entries = header
+        for name, e in header.items():
+            if e.get("dtype") not in DTYPES:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
+            begin, end = e["data_offsets"]
+            nbytes = math.prod(e["shape"]) * DTYPES[e["dtype"]].itemsize
+            if end - begin != nbytes:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} spans {end - begin} bytes but shape "
+                                       f"{e['shape']} {e['dtype']} needs {nbytes}")
+            if self._data_start + end > size:
+                raise SafetensorsError(f"{self.path}: truncated: tensor {name!r} ends at byte "
+                                       f"{self._data_start + end} but the file has {size} bytes")
+        self._mmap = None
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
+
+    def dtype(self, name: str) -> np.dtype:
+        return DTYPES[self._entries[name]["dtype"]]
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as a fresh numpy array (stored dtype)."""
+        if name not in self._entries:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        if self._mmap is None:
+            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        e = self._entries[name]
+        begin, end = e["data_offsets"]
+        raw = self._mmap[self._data_start + begin:self._data_start + end]
+        return np.frombuffer(raw.tobytes(), dtype=DTYPES[e["dtype"]]).reshape(e["shape"])
+
+
+class SafetensorsDir:
+    """All tensors of an HF snapshot dir: ``model.safetensors.index.json`` (sharded) or ``*.safetensors``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {f: SafetensorsFile(self.path / f) for f in sorted(set(weight_map.values()))}
+            self._where = {}
+            for name, fname in weight_map.items():
+                if name not in files[fname].keys():
+                    raise SafetensorsError(f"{index}: lists {name!r} in {fname}, which does not contain it")
+                self._where[name] = files[fname]
+        else:
+            paths = sorted(self.path.glob("*.safetensors"))
+            if not paths:
+                raise FileNotFoundError(f"{self.path}: no model.safetensors.index.json and no *.safetensors files")
+            self._where = {}
+            for p in paths:
+                f = SafetensorsFile(p)
+                for name in f.keys():
+                    if name in self._where:
+                        raise SafetensorsError(f"{self.path}: tensor {name!r} appears in both "
+                                               f"{self._where[name].path.name} and {p.name}")
+                    self._where[name] = f
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._where[name].dtype(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._where[name].get(name)
+
+    def file_of(self, name: str) -> str:
+        return self._where[name].path.name
+
+
+def save_file(tensors: Mapping[str, np.ndarray] | Iterator[tuple[str, np.ndarray]], path: str | os.PathLike,
+              metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors (kept in their dtype) to ``path`` atomically (temp name, then rename)."""
+    items = list(tensors.items() if isinstance(tensors, Mapping) else tensors)
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, arr in items:
+        arr = np.asarray(arr)
+        if arr.dtype not in DTYPE_NAMES:
+            raise SafetensorsError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
+        header[name] = {"dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # align data to 8 bytes, as the reference writer does
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for _, arr in items:
+                f.write(np.ascontiguousarray(arr).astype(np.asarray(arr).dtype.newbyteorder("<"), copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
