@@ -1,0 +1,116 @@
+"""The ``dreamjax`` command. Subcommands grow with the project:
+
+  dreamjax demo     [--out DIR]                     the embedded default (runs on one CPU)
+  dreamjax forward  --model PATH [--image IMG] --prompt TEXT    one forward pass; prints top next tokens
+  dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_demo(args) -> int:
+    from dreamjax import demo
+
+    print(json.dumps(demo.run(args.out, seed=args.seed), indent=2))
+    return 0
+
+
+def cmd_forward(args) -> int:
+    import numpy as np
+
+    from dreamjax.data.chat_template import build_prompt
+    from dreamjax.data.image_processor import preprocess
+    from dreamjax.demo import token_label
+    from dreamjax.pretrained import DreamVL
+
+    model = DreamVL.from_pretrained(args.model, dtype=args.dtype)
+    if model.tokenizer is None:
+        raise SystemExit(f"{args.model}: no tokenizer files; `forward` needs one to encode --prompt")
+    content = [{"type": "text", "text": args.prompt}]
+    pixel_values = grid = None
+    if args.image:
+        from PIL import Image
+
+        pixel_values, grid = preprocess([Image.open(args.image)], args.min_pixels, args.max_pixels)
+        content.insert(0, {"type": "image"})
+    ids = build_prompt(model.tokenizer, [{"role": "user", "content": content}], grid)[None]
+    logits = np.asarray(model(ids, None, pixel_values, grid), np.float32)
+    top = np.argsort(-logits[0, -1])[: args.top]
+    for i in top:
+        print(f"{int(i):>8d}  {logits[0, -1, i]:9.3f}  {token_label(model.tokenizer, int(i))!r}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import math
+
+    import flax.linen as nn
+    import jax
+
+    from dreamjax.config_loader import load_config, model_config
+    from dreamjax.pretrained import _dummy_inputs
+    from dreamjax.models.dream_vl import DreamVLModel
+
+    config = model_config(load_config(args.config, args.overrides))
+    abstract = nn.unbox(jax.eval_shape(DreamVLModel(config).init, jax.random.key(0), *_dummy_inputs(config)))["params"]
+    total = 0
+    for name, sub in abstract.items():
+        n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(sub))
+        total += n
+        print(f"{name:<12s} {n:>15,d}")
+    print(f"{'total':<12s} {total:>15,d}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="dreamjax", description="Dream-VL / Dream-VLA in JAX")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the embedded default: tokenizer + image + template + tiny model end to end")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("forward", help="one forward pass of a checkpoint on an image + prompt")
+    p.add_argument("--model", required=True, help="HF snapshot dir or dreamjax checkpoint")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--image")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--min-pixels", type=int, default=3136)
+    p.add_argument("--max-pixels", type=int, default=3211264)
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(fn=cmd_forward)
+
+    p = sub.add_parser("info", help="parameter counts of a model config")
+    p.add_argument("--config", required=True)
+    p.set_defaults(fn=cmd_info)
+
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if not r.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = rest
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        logging.getLogger("dreamjax").error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
