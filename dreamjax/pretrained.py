@@ -24,7 +24,7 @@ from conversion.safetensors_io import SafetensorsDir
 from dreamjax import checkpoint, sharding
 from dreamjax.models.config import DreamVLConfig
 from dreamjax.models.dream_vl import DreamVLModel
-from dreamjax.models.positions import get_rope_index, vision_patch_layout
+from dreamjax.models.positions import get_rope_index, pack_pixel_rows, vision_patch_layout, vision_patch_rows
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,10 @@ class DreamVL:
                 raise ValueError(f"Image features and image tokens do not match: {n_img_tokens} image-pad tokens "
                                  f"(id {c.image_token_id}) in input_ids, {n_feats} image features from "
                                  f"image_grid_thw {grid.tolist()}")
-            pp, ps = vision_patch_layout(grid, c.vision.spatial_merge_size)
-            out.update(pixel_values=pv, patch_positions=pp, patch_segment_ids=ps)
+            # Row-packed ViT input: each image slice attends within its own row (see vision_patch_rows).
+            gather, pp, ps = vision_patch_rows(grid, spatial_merge_size=c.vision.spatial_merge_size)
+            out.update(pixel_values=pack_pixel_rows(pv, gather, ps.shape[1]), patch_positions=pp,
+                       patch_segment_ids=ps)
         elif n_img_tokens:
             raise ValueError(f"input_ids contain {n_img_tokens} image-pad tokens but no pixel_values were given")
         else:

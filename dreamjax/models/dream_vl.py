@@ -64,10 +64,20 @@ class DreamVLModel(nn.Module):
                                     kernel_init=param_init(default_kernel_init, ("embed", "vocab")))
 
     def encode_images(self, pixel_values, patch_positions, patch_segment_ids):
-        """[N, patch_dim] patch rows → [N/m², D] features ready to splice (merger + projector)."""
+        """Patches → features ready to splice (merger + projector), one per 2×2 window, in image order.
+
+        Flat [N, patch_dim] input gives [N/m², D]. Row-packed [R, L, patch_dim] input
+        (``positions.vision_patch_rows``) gives [R·L/m², D] with the valid windows first, in order (the
+        padding windows between images are moved to the end; the splice never reads them).
+        """
         if self.config.vision is None:
             raise ValueError("this model has no vision tower (text-only checkpoint); pass no pixel_values")
         feats = self.visual(pixel_values, patch_positions, patch_segment_ids)
+        if pixel_values.ndim == 3:
+            m2 = self.config.vision.spatial_merge_size**2
+            valid = patch_segment_ids.reshape(-1, m2)[:, 0] != 0
+            order = jnp.argsort(~valid, stable=True)  # valid windows first, original order kept
+            feats = feats[order]
         return self.projector(feats) if self.config.use_projector else feats
 
     def embed(self, input_ids, image_features=None, video_features=None):

@@ -118,3 +118,50 @@ def vision_patch_layout(grid_thw: np.ndarray, spatial_merge_size: int = 2,
         positions = np.concatenate([positions, np.zeros((num_patches - n, 2), np.int64)])
         segments = np.concatenate([segments, np.zeros(num_patches - n, np.int64)])
     return positions.astype(np.int32), segments.astype(np.int32)
+
+
+def vision_patch_rows(grid_thw: np.ndarray, row_len: int | None = None, num_rows: int | None = None,
+                      spatial_merge_size: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pack image slices (one per image and temporal slice) into rows of ``row_len`` patches for the ViT.
+
+    First fit in order: a slice starts a new row when it does not fit in the current one; no slice crosses
+    a row, so attending within rows is the reference's per-slice attention at a fraction of the cost.
+    ``row_len`` defaults to the largest slice; ``num_rows`` pads to a static budget.
+
+    Returns (gather [R·L] int32: index into the flat patch rows, −1 for padding; positions [R, L, 2];
+    segment_ids [R, L], 0 for padding).
+    """
+    m2 = spatial_merge_size**2
+    pos, seg = vision_patch_layout(grid_thw, spatial_merge_size)
+    starts = np.flatnonzero(np.diff(seg, prepend=-1)) if len(seg) else np.zeros(0, np.int64)
+    ends = np.append(starts[1:], len(seg)).astype(np.int64)
+    longest = int((ends - starts).max()) if len(starts) else m2
+    row_len = longest if row_len is None else row_len
+    if row_len % m2 or row_len < longest:
+        raise ValueError(f"row_len={row_len} must be a multiple of {m2} and hold the largest image slice "
+                         f"({longest} patches)")
+    slots, cursor = [], 0
+    for a, b in zip(starts, ends):
+        if cursor % row_len + (b - a) > row_len:
+            cursor += row_len - cursor % row_len
+        slots.append((cursor, a, b))
+        cursor += b - a
+    need = max(1, -(-cursor // row_len))
+    rows = need if num_rows is None else num_rows
+    if rows < need:
+        raise ValueError(f"images need {need} rows of {row_len} patches, but the row budget is {rows}")
+    gather = np.full(rows * row_len, -1, np.int64)
+    for at, a, b in slots:
+        gather[at:at + b - a] = np.arange(a, b)
+    ok = gather >= 0
+    safe = np.maximum(gather, 0)
+    out_pos = np.where(ok[:, None], pos[safe] if len(pos) else 0, 0).reshape(rows, row_len, 2)
+    out_seg = np.where(ok, seg[safe] if len(seg) else 0, 0).reshape(rows, row_len)
+    return gather.astype(np.int32), out_pos.astype(np.int32), out_seg.astype(np.int32)
+
+
+def pack_pixel_rows(pixel_values: np.ndarray, gather: np.ndarray, row_len: int) -> np.ndarray:
+    """Flat [N, patch_dim] pixel rows → [R, L, patch_dim] by ``gather`` (zeros where it is −1)."""
+    pv = np.asarray(pixel_values)
+    out = np.where((gather >= 0)[:, None], pv[np.maximum(gather, 0)], 0).astype(pv.dtype)
+    return out.reshape(-1, row_len, pv.shape[-1])

@@ -52,11 +52,11 @@ def mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: float, sections
 def vision_cos_sin(patch_positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
     """2-D rotary for ViT patches.
 
-    patch_positions: [N, 2] int (row, col) in 14-px patch units, already in merge-window order.
-    freqs = concat(row·f, col·f) with f = inv_freq(head_dim/2) → duplicated to head_dim. fp32 [N, head_dim].
+    patch_positions: [..., 2] int (row, col) in 14-px patch units, already in merge-window order.
+    freqs = concat(row·f, col·f) with f = inv_freq(head_dim/2) → duplicated to head_dim. fp32 [..., head_dim].
     """
     f = jnp.asarray(inv_freq(head_dim // 2, theta))
     pos = patch_positions.astype(jnp.float32)
-    freqs = jnp.concatenate([pos[:, 0:1] * f, pos[:, 1:2] * f], axis=-1)
+    freqs = jnp.concatenate([pos[..., 0:1] * f, pos[..., 1:2] * f], axis=-1)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)

@@ -27,17 +27,18 @@ class VisionAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, segment_ids):
+        """x [R, L, E]: a patch attends within its row, and there within its segment."""
         c = self.config
-        n = x.shape[0]
+        r, n = segment_ids.shape
         qkv = dense(3 * c.embed_dim, ("vit_embed", "vit_qkv"), use_bias=True, dtype=self.dtype,
                     param_dtype=self.param_dtype, name="qkv")(x)
-        q, k, v = jnp.moveaxis(qkv.reshape(n, 3, c.num_heads, c.head_dim), 1, 0)  # rows: [q; k; v], head-major
+        q, k, v = jnp.moveaxis(qkv.reshape(r, n, 3, c.num_heads, c.head_dim), 2, 0)  # [q; k; v], head-major
         # Rotary in fp32, cast back (reference apply_rotary_pos_emb_vision).
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(self.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(self.dtype)
-        out = attention(q[None], k[None], v[None], segment_ids[None], impl=self.impl)[0]
+        out = attention(q, k, v, segment_ids, impl=self.impl)
         return dense(c.embed_dim, ("vit_heads", "vit_embed"), use_bias=True, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="proj")(out.reshape(n, c.embed_dim))
+                     param_dtype=self.param_dtype, name="proj")(out.reshape(r, n, c.embed_dim))
 
 
 class VisionMLP(nn.Module):
@@ -112,8 +113,19 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array, patch_positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """pixel_values [N, patch_dim]; patch_positions [N, 2]; segment_ids [N] (0 = padding) → [N/4, hidden]."""
+        """Patch rows → merged tokens.
+
+        Flat: pixel_values [N, patch_dim], patch_positions [N, 2], segment_ids [N] (0 = padding), the
+        reference's layout; every patch is scored against all N (masked block-diagonally).
+        Row-packed: [R, L, patch_dim], [R, L, 2], [R, L] (``positions.vision_patch_rows``): attention stays
+        inside each row of L patches — R·L² scores instead of (R·L)², the same result when no image slice
+        crosses a row. Returns [N/m², hidden] (flat) or [R·L/m², hidden] (row-packed, padding windows kept).
+        """
         c = self.config
+        if pixel_values.ndim == 2:
+            pixel_values, patch_positions, segment_ids = pixel_values[None], patch_positions[None], segment_ids[None]
+        if segment_ids.shape[-1] % (c.spatial_merge_size**2):
+            raise ValueError(f"{segment_ids.shape[-1]} patches per row is not a multiple of spatial_merge_size²")
         if pixel_values.shape[-1] != c.patch_dim:
             raise ValueError(f"pixel_values rows have {pixel_values.shape[-1]} values; the vision tower expects "
                              f"C·T·P·P = {c.patch_dim}")

@@ -14,7 +14,8 @@ import jax  # noqa: E402
 from conversion.keymap import hf_to_params  # noqa: E402
 from dreamjax.models.config import DreamVLConfig  # noqa: E402
 from dreamjax.models.dream_vl import DreamVLModel  # noqa: E402
-from dreamjax.models.positions import get_rope_index, text_position_ids, vision_patch_layout  # noqa: E402
+from dreamjax.models.positions import (
+    get_rope_index, pack_pixel_rows, text_position_ids, vision_patch_layout, vision_patch_rows)  # noqa: E402
 from tests.tiny import hf_qwen2vl_config_dict, randomize_torch_, rel_err, tiny_config  # noqa: E402
 
 TOL = 1e-5
@@ -110,3 +111,35 @@ def test_mrope_3d_positions_match_torch(hf_model, inputs):
                        position_ids=torch.from_numpy(pos.astype(np.int64))).logits.numpy()
     logits = np.asarray(DreamVLModel(c).apply({"params": params}, ids, mask, pos, pv, pp, ps))
     assert rel_err(logits[valid], ref[valid]) <= TOL
+
+
+@pytest.mark.parametrize("row_len,num_rows", [(None, None), (64, 3), (32, 6)])
+def test_row_packed_vision_input_matches_torch(hf_model, inputs, row_len, num_rows):
+    """Row-packed ViT input (each image slice attends within its row; several slices may share a row, rows
+    may be padding) gives the reference's features and logits."""
+    ids, mask, pv = inputs
+    config = DreamVLConfig.from_hf_dict(hf_model.config.to_dict())
+    params = _jax_params(hf_model, config)
+    gather, pp, ps = vision_patch_rows(GRIDS, row_len, num_rows)
+    rows = pack_pixel_rows(pv, gather, pp.shape[1])
+    with torch.no_grad():
+        ref_feats = hf_model.model.visual(torch.from_numpy(pv), grid_thw=torch.from_numpy(GRIDS)).pooler_output.numpy()
+    feats = np.asarray(DreamVLModel(config).apply({"params": params}, rows, pp, ps,
+                                                  method=DreamVLModel.encode_images))
+    assert rel_err(feats[: len(ref_feats)], ref_feats) <= TOL
+
+    pos = text_position_ids(mask)
+    with torch.no_grad():
+        ref_logits = hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                              pixel_values=torch.from_numpy(pv), image_grid_thw=torch.from_numpy(GRIDS),
+                              position_ids=torch.from_numpy(pos.astype(np.int64))).logits.numpy()
+    logits = np.asarray(DreamVLModel(config).apply({"params": params}, ids, mask, pos, rows, pp, ps))
+    valid = mask.astype(bool)
+    assert rel_err(logits[valid], ref_logits[valid]) <= TOL
+
+
+def test_row_packing_errors():
+    with pytest.raises(ValueError, match="hold the largest image slice"):
+        vision_patch_rows(GRIDS, row_len=16)
+    with pytest.raises(ValueError, match="row budget is 2"):
+        vision_patch_rows(GRIDS, row_len=32, num_rows=2)
