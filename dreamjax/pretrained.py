@@ -10,14 +10,15 @@ compiled model sees only static shapes.
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from conversion.keymap import hf_to_params, params_to_hf
 from conversion.safetensors_io import SafetensorsDir
@@ -25,11 +26,6 @@ from dreamjax import checkpoint, sharding
 from dreamjax.models.config import DreamVLConfig
 from dreamjax.models.dream_vl import DreamVLModel
 from dreamjax.models.positions import get_rope_index, pack_pixel_rows, vision_patch_layout, vision_patch_rows
-
-log = logging.getLogger(__name__)
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
-                   "special_tokens_map.json", "spm.model", "dreamjax_tokenizer.json")
 
 
 def _load_tokenizer(directory: Path):
@@ -81,7 +77,13 @@ class DreamVL:
 
             config = DreamVLConfig.from_hf_dict(json.loads((path / "config.json").read_text()), **runtime)
             st = SafetensorsDir(path)
-            host = hf_to_params(st.get, st.keys(), config, source=str(path))
+            with tqdm(total=len(st.keys()), desc=f"reading {path.name}", unit="tensor",
+                      disable=not sys.stderr.isatty()) as bar:
+                def read(key):
+                    bar.update()
+                    return st.get(key)
+
+                host = hf_to_params(read, st.keys(), config, source=str(path))
             target = _abstract_params(config, mesh, rules)
             _check_shapes(host, target["params"], path)
             params = {"params": jax.tree_util.tree_map(

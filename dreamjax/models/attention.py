@@ -14,7 +14,10 @@ Implementations (``impl``):
 * ``"xla"``: einsum + fp32 softmax; runs everywhere and is the numerical reference.
 * ``"jax"``: ``jax.nn.dot_product_attention`` with XLA's choice of kernel.
 * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, bf16/fp16 only).
-* ``"splash"``: the Pallas splash-attention kernel (TPU only), segment ids passed natively.
+* ``"splash"``: the Pallas splash-attention kernel (TPU), segment ids passed natively. Sequence lengths must
+  suit its blocks (multiples of 128). Under a sharded jit it is not partitioned yet (shard_map it for pods).
+* ``"splash_interpret"``: the same kernel in Pallas' interpreter, on any backend (slow; lets CPU tests check
+  the splash path's numerics).
 """
 
 from __future__ import annotations
@@ -42,23 +45,28 @@ def _jax_nn_attention(q, k, v, q_seg, kv_seg, scale, implementation):
     return jax.nn.dot_product_attention(
         q, k, v, mask=_allowed(q_seg, kv_seg), scale=scale, is_causal=False, implementation=implementation)
 
-def _splash_attention(q, k, v, q_seg, kv_seg, scale):
-    if jax.default_backend() != "tpu":
-        raise ValueError("attention_impl='splash' needs a TPU backend; use 'xla' (any backend) or 'cudnn' (GPU)")
+def _splash_attention(q, k, v, q_seg, kv_seg, scale, interpret: bool):
+    """Pallas splash attention (TPU); ``interpret`` runs the same kernel in Pallas' interpreter (any backend)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b, s, h, d = q.shape
+    t = k.shape[1]
     kh = k.shape[2]
-    if kh != h:  # splash MHA kernel wants equal head counts
+    if kh != h:  # the MHA kernel wants one kv head per query head (repeat_interleave layout)
         k = jnp.repeat(k, h // kh, axis=2)
         v = jnp.repeat(v, h // kh, axis=2)
-    mask = sm.MultiHeadMask([sm.FullMask((s, k.shape[1])) for _ in range(h)])
-    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+    mask = sm.MultiHeadMask([sm.FullMask((s, t)) for _ in range(h)])
+    bq, bkv = min(512, s), min(512, t)
+    blocks = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
+                           block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+    kernel = sk.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
     seg = sk.SegmentIds(q=q_seg.astype(jnp.int32), kv=kv_seg.astype(jnp.int32))
-    qt = (q * scale).transpose(0, 2, 1, 3)
-    out = jax.vmap(kernel)(qt, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids=seg)
-    return out.transpose(0, 2, 1, 3)
+    to_heads = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B, S, H, D] -> [B, H, S, D]
+    out = jax.vmap(kernel)(to_heads(q * jnp.asarray(scale, q.dtype)), to_heads(k), to_heads(v), segment_ids=seg)
+    return to_heads(out)
+
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
               kv_segment_ids: jax.Array | None = None, *, impl: str = "xla", scale: float | None = None) -> jax.Array:
@@ -68,7 +76,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
       q: [B, S, H, D]; k, v: [B, T, K, D] with H a multiple of K (GQA; kv head j serves query heads
         j·H/K … (j+1)·H/K − 1, as the reference's ``repeat_interleave``).
       q_segment_ids: [B, S] int, 0 = padding. kv_segment_ids: [B, T] (defaults to q's).
-      impl: "xla" | "jax" | "cudnn" | "splash".
+      impl: "xla" | "jax" | "cudnn" | "splash" | "splash_interpret".
       scale: defaults to 1/sqrt(D).
     Returns:
       [B, S, H, D] in q's dtype; rows of padding queries are 0.
@@ -84,8 +92,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array
         out = _jax_nn_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, None)
     elif impl == "cudnn":
         out = _jax_nn_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, "cudnn")
-    elif impl == "splash":
-        out = _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale)
+    elif impl in ("splash", "splash_interpret"):
+        out = _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, interpret=impl == "splash_interpret")
     else:
-        raise ValueError(f"unknown attention impl {impl!r}; expected xla, jax, cudnn or splash")
+        raise ValueError(f"unknown attention impl {impl!r}; expected xla, jax, cudnn, splash or splash_interpret")
     return jnp.where((q_segment_ids != 0)[:, :, None, None], out, jnp.zeros((), out.dtype))

@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, Mapping
 
 VISION_MODEL_TYPES = ("dream-vl", "dream-vla", "qwen2_vl")
-ATTENTION_IMPLS = ("xla", "jax", "cudnn", "splash")
+ATTENTION_IMPLS = ("xla", "jax", "cudnn", "splash", "splash_interpret")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
