@@ -69,3 +69,16 @@ def test_bf16_compute_close_to_fp32(reference):
         out[dtype] = np.asarray(logits, np.float32)
     valid = inputs[1].astype(bool)
     assert rel_err(out["bfloat16"][valid], out["float32"][valid]) < 3e-2
+
+
+def test_fully_padded_row_gives_finite_logits_and_leaves_other_rows_alone(reference):
+    hf, (ids, mask, pos, pv, pp, ps), _ = reference
+    c = tiny_config()
+    params = {"params": hf_to_params(hf, hf.keys(), c)}
+    model = DreamVLModel(c)
+    base = np.asarray(model.apply(params, ids, mask, pos, pv, pp, ps))
+    mask2 = mask.copy()
+    mask2[1] = 0  # row 1 is all padding
+    out = np.asarray(model.apply(params, ids, mask2, pos, pv, pp, ps))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], base[0])
