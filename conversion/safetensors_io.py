@@ -75,8 +75,8 @@ class SafetensorsFile:
     def dtype(self, name: str) -> np.dtype:
         return DTYPES[self._entries[name]["dtype"]]
 
-    def get(self, name: str) -> np.ndarray:
-        """The tensor as a fresh numpy array (stored dtype)."""
+    def view(self, name: str) -> np.ndarray:
+        """A read-only, memory-mapped view of the tensor (no copy: slicing it reads only the touched pages)."""
         if name not in self._entries:
             raise KeyError(f"{self.path}: no tensor {name!r}")
         if self._mmap is None:
@@ -84,7 +84,11 @@ class SafetensorsFile:
         e = self._entries[name]
         begin, end = e["data_offsets"]
         raw = self._mmap[self._data_start + begin:self._data_start + end]
-        return np.frombuffer(raw.tobytes(), dtype=DTYPES[e["dtype"]]).reshape(e["shape"])
+        return raw.view(DTYPES[e["dtype"]]).reshape(e["shape"])
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as a fresh numpy array (stored dtype)."""
+        return np.array(self.view(name))
 
 
 class SafetensorsDir:
@@ -125,6 +129,9 @@ class SafetensorsDir:
 
     def get(self, name: str) -> np.ndarray:
         return self._where[name].get(name)
+
+    def view(self, name: str) -> np.ndarray:
+        return self._where[name].view(name)
 
     def file_of(self, name: str) -> str:
         return self._where[name].path.name

@@ -3,6 +3,8 @@
   dreamjax demo     [--out DIR]                     the embedded default (runs on one CPU)
   dreamjax forward  --model PATH [--image IMG] --prompt TEXT    one forward pass; prints top next tokens
   dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
+  dreamjax convert  --from-hf DIR --out CKPT [--mesh data=1,fsdp=8,tensor=1] [--dtype D] [--scan-layers]
+  dreamjax export   --ckpt CKPT --out DIR [--layout dream|hf5] [--dtype D] [--max-shard-size 5GB]
 """
 
 from __future__ import annotations
@@ -74,6 +76,47 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _parse_mesh(text: str | None):
+    if not text:
+        return None
+    from dreamjax import sharding
+
+    try:
+        shape = {k: int(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--mesh {text!r}: expected e.g. data=1,fsdp=-1,tensor=2") from None
+    return sharding.make_mesh(shape)
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    t = text.strip().upper()
+    for unit, mult in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * mult)
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"size {text!r}: expected e.g. 5GB, 500MB or a byte count")
+
+
+def cmd_convert(args) -> int:
+    from conversion.hf_import import convert
+
+    out = convert(args.from_hf, args.out, mesh=_parse_mesh(args.mesh), dtype=args.dtype,
+                  scan_layers=args.scan_layers, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from conversion.hf_export import export
+
+    out = export(args.ckpt, args.out, layout=args.layout, dtype=args.dtype,
+                 max_shard_bytes=_parse_size(args.max_shard_size), overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="dreamjax", description="Dream-VL / Dream-VLA in JAX")
@@ -98,6 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="parameter counts of a model config")
     p.add_argument("--config", required=True)
     p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("convert", help="HF/PyTorch snapshot → dreamjax checkpoint (streaming)")
+    p.add_argument("--from-hf", required=True, help="HF snapshot dir: config.json + safetensors [+ tokenizer]")
+    p.add_argument("--out", required=True)
+    p.add_argument("--mesh", help="target mesh, e.g. data=1,fsdp=-1,tensor=1 (default: one device)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="convert dtype (default: keep as stored)")
+    p.add_argument("--scan-layers", action="store_true", help="store layers stacked (for scanned configs)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_convert)
+
+    p = sub.add_parser("export", help="dreamjax checkpoint → HF layout (sharded safetensors + index)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="dream", choices=["dream", "hf5"],
+                   help="tensor names: dream (visual.*, model.*: what Dream-VL-7B ships) or hf5 (transformers 5)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="convert dtype (default: keep as stored)")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export)
 
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if not r.startswith("--config.")]

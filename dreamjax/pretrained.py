@@ -58,24 +58,36 @@ class DreamVL:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", *, mesh=None, rules=None,
-                        scan_layers: bool = False, attention_impl: str = "xla") -> "DreamVL":
+                        scan_layers: bool | None = None, attention_impl: str = "xla") -> "DreamVL":
         """Load an HF snapshot dir or a dreamjax checkpoint.
 
         dtype: param and compute dtype ("float32", or "bfloat16" for inference). mesh: place params with
-        the rule table's shardings (``sharding.make_mesh``); default: the default device.
+        the rule table's shardings (``sharding.make_mesh``); default: the default device. scan_layers:
+        None = as a dreamjax checkpoint stores them (unrolled for HF snapshots); a different choice
+        restacks the layers on the host.
         """
         path = Path(path)
         rules = sharding.rules_from_config(rules)
-        runtime = dict(dtype=dtype, param_dtype=dtype, scan_layers=scan_layers, attention_impl=attention_impl)
+        runtime = dict(dtype=dtype, param_dtype=dtype, attention_impl=attention_impl)
         if checkpoint.is_checkpoint(path) or (path.is_dir() and not (path / "config.json").exists()):
-            config = DreamVLConfig.from_hf_dict(checkpoint.load_config(path), **runtime)
-            target = _abstract_params(config, mesh, rules)
-            params = checkpoint.load_params(path, target)
+            hf_config = checkpoint.load_config(path)
+            stored_scan = checkpoint.stored_scanned(path)
+            config = DreamVLConfig.from_hf_dict(hf_config, scan_layers=stored_scan if scan_layers is None
+                                                else scan_layers, **runtime)
+            if config.scan_layers == stored_scan:
+                params = checkpoint.load_params(path, _abstract_params(config, mesh, rules))
+            else:  # restack: stored layout → HF tensors → the requested layout, one param at a time
+                stored_cfg = config.replace(scan_layers=stored_scan)
+                host = jax.device_get(checkpoint.load_params(path, _abstract_params(stored_cfg, None, rules))["params"])
+                tensors = dict(params_to_hf(host, stored_cfg))
+                params = _place(hf_to_params(tensors, tensors.keys(), config, source=str(path)), config, mesh,
+                                rules, path)
             tok_dir = checkpoint.assets_dir(path)
         elif (path / "config.json").is_file():
             import json
 
-            config = DreamVLConfig.from_hf_dict(json.loads((path / "config.json").read_text()), **runtime)
+            config = DreamVLConfig.from_hf_dict(json.loads((path / "config.json").read_text()),
+                                                scan_layers=bool(scan_layers), **runtime)
             st = SafetensorsDir(path)
             with tqdm(total=len(st.keys()), desc=f"reading {path.name}", unit="tensor",
                       disable=not sys.stderr.isatty()) as bar:
@@ -84,10 +96,7 @@ class DreamVL:
                     return st.get(key)
 
                 host = hf_to_params(read, st.keys(), config, source=str(path))
-            target = _abstract_params(config, mesh, rules)
-            _check_shapes(host, target["params"], path)
-            params = {"params": jax.tree_util.tree_map(
-                lambda a, t: jax.device_put(np.asarray(a).astype(t.dtype), t.sharding), host, target["params"])}
+            params = _place(host, config, mesh, rules, path)
             tok_dir = path
         else:
             raise FileNotFoundError(f"{path}: neither an HF snapshot (config.json + *.safetensors) nor a dreamjax "
@@ -161,6 +170,40 @@ class DreamVL:
         with sharding.activation_sharding(self.mesh, self.rules):
             return self._forward(self.params, **kw)
 
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+                 max_new_tokens: int, steps: int, alg: str = "origin", temperature: float = 0.0,
+                 top_p: float | None = None, top_k: int | None = None, alg_temp: float | None = None,
+                 eos_penalty: float = 0.0, rng=None, eps: float = 1e-3, flat_batch: bool = False,
+                 output_history: bool = False):
+        """Masked-diffusion generation (the reference's ``diffusion_generate``, spec §5).
+
+        input_ids [B, P] (left-padded with ``attention_mask`` for ragged prompts; position 0 must not be the
+        mask token); images as for ``__call__``. Appends ``max_new_tokens`` masks and denoises them in
+        ``steps`` full forwards with ``alg`` ∈ {origin, maskgit_plus, topk_margin, entropy}; temperature,
+        top_p, top_k, alg_temp, eos_penalty and eps as the reference (``dreamjax.diffusion.sampler``).
+        steps > max_new_tokens is allowed (some steps then reveal nothing), as in the reference.
+        rng: a ``jax.random`` key; default ``jax.random.key(0)``. Rows are independent unless
+        ``flat_batch=True`` (the HF generator's batch-coupled top-k).
+
+        Returns the full canvas [B, P + max_new_tokens] (prompt included, as the reference) — cut it with
+        ``dreamjax.diffusion.cut_at_stop`` — or ``(canvas, history [steps, B, P + max_new_tokens])`` with
+        ``output_history=True``.
+        """
+        from dreamjax.diffusion import sampler
+
+        settings = sampler.SamplerSettings(
+            steps=steps, alg=alg, temperature=float(temperature), top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+            eos_penalty=float(eos_penalty), eps=float(eps), flat_batch=flat_batch,
+            output_history=output_history).validate()
+        canvas, canvas_mask = sampler.make_canvas(input_ids, attention_mask, max_new_tokens, self.config.mask_token_id)
+        kw = self.prepare_inputs(canvas, canvas_mask, pixel_values, image_grid_thw)
+        run = lambda: sampler.diffusion_generate(  # noqa: E731
+            self.module, self.params, kw, settings, prompt_length=np.asarray(input_ids).shape[1], rng=rng)
+        if self.mesh is None:
+            return run()
+        with sharding.activation_sharding(self.mesh, self.rules):
+            return run()
+
 
 def _dummy_inputs(config: DreamVLConfig):
     ids = np.zeros((1, 8), np.int32)
@@ -182,6 +225,14 @@ def _abstract_params(config: DreamVLConfig, mesh, rules) -> Any:
         shardings = sharding.param_shardings(abstract, mesh, rules)
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   nn.unbox(abstract), shardings)
+
+
+def _place(host: Any, config: DreamVLConfig, mesh, rules, source) -> dict:
+    """Host param tree (numpy) → ``{"params": …}`` on the device(s), cast to the config's param dtype."""
+    target = _abstract_params(config, mesh, rules)
+    _check_shapes(host, target["params"], source)
+    return {"params": jax.tree_util.tree_map(
+        lambda a, t: jax.device_put(np.asarray(a).astype(t.dtype), t.sharding), host, target["params"])}
 
 
 def _check_shapes(host: Any, target: Any, source) -> None:

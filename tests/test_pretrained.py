@@ -20,53 +20,11 @@ from conversion import safetensors_io  # noqa: E402
 from conversion.keymap import to_canonical  # noqa: E402
 from dreamjax import sharding  # noqa: E402
 from dreamjax.models.dream_vl import DreamVLModel  # noqa: E402
-from dreamjax.models.positions import text_position_ids, vision_patch_layout  # noqa: E402
-from tests.tiny import hf_qwen2vl_config_dict, randomize_torch_, rel_err, tiny_config  # noqa: E402
+from dreamjax.models.positions import vision_patch_layout  # noqa: E402
+from tests.hf_fixtures import GRIDS, torch_logits, write_dream_vl_snapshot, write_hf5_snapshot  # noqa: E402
+from tests.tiny import randomize_torch_, rel_err, tiny_config  # noqa: E402
 
 TOL = 1e-5
-GRIDS = np.array([[1, 4, 6], [1, 6, 4]])
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    cfg = transformers.Qwen2VLConfig(**hf_qwen2vl_config_dict(tiny_config()))
-    cfg.text_config.is_causal = False
-    torch.manual_seed(0)
-    model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
-    randomize_torch_(model, seed=3)
-    return model
-
-
-@pytest.fixture(scope="module")
-def batch():
-    c = tiny_config()
-    rng = np.random.default_rng(1)
-    row0 = list(rng.integers(20, 300, 4)) + [c.image_token_id] * 6 + list(rng.integers(20, 300, 5))
-    row1 = list(rng.integers(20, 300, 2)) + [c.image_token_id] * 6 + list(rng.integers(20, 300, 3))
-    ids = np.full((2, len(row0)), c.pad_token_id)
-    ids[0], ids[1, :len(row1)] = row0, row1
-    mask = (np.arange(len(row0))[None] < np.array([[len(row0)], [len(row1)]])).astype(np.int64)
-    pv = rng.standard_normal((int(GRIDS.prod(-1).sum()), 1176)).astype(np.float32)
-    return ids, mask, pv
-
-
-def torch_logits(model, ids, mask, pv=None, grid=None):
-    pos = text_position_ids(mask).astype(np.int64)
-    kw = dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-              position_ids=torch.from_numpy(pos if grid is not None else pos[0]))  # Qwen2 (text) takes [B, S]
-    if pv is not None:
-        kw.update(pixel_values=torch.from_numpy(pv), image_grid_thw=torch.from_numpy(grid))
-    with torch.no_grad():
-        return model(**kw).logits.numpy()
-
-
-def _write_hf5_snapshot(hf_model, path):
-    """transformers-5 composite names (model.visual.*, model.language_model.*), as its state_dict has them.
-    (transformers' own save_pretrained converts back to the legacy visual.* / model.* names.)"""
-    path.mkdir()
-    safetensors_io.save_file({k: v.detach().numpy() for k, v in hf_model.state_dict().items()},
-                             path / "model.safetensors")
-    (path / "config.json").write_text(hf_model.config.to_json_string())
 
 
 @pytest.mark.parametrize("layout", ["save_pretrained", "hf5_names"])
@@ -74,7 +32,7 @@ def test_hf_snapshot_matches_torch_on_one_device_and_on_a_mesh(hf_model, batch, 
     if layout == "save_pretrained":
         hf_model.save_pretrained(tmp_path / "hf")
     else:
-        _write_hf5_snapshot(hf_model, tmp_path / "hf")
+        write_hf5_snapshot(hf_model, tmp_path / "hf")
         assert "model.language_model.norm.weight" in safetensors_io.SafetensorsDir(tmp_path / "hf").keys()
     ids, mask, pv = batch
     ref = torch_logits(hf_model, ids, mask, pv, GRIDS)
@@ -97,31 +55,9 @@ def _gelu_np(x):
     return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
-def _write_dream_vl_snapshot(hf_model, path, rng):
-    """Dream-VL layout (visual.*, projector.*, model.*, lm_head.*), bf16, two shards + index."""
-    sd = {to_canonical(k, "hf5"): v.detach().numpy() for k, v in hf_model.state_dict().items()}
-    d = hf_model.config.text_config.hidden_size
-    for name in ("linear_1", "linear_2"):
-        sd[f"projector.{name}.weight"] = 0.1 * rng.standard_normal((d, d)).astype(np.float32)
-        sd[f"projector.{name}.bias"] = 0.1 * rng.standard_normal(d).astype(np.float32)
-    sd = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
-    path.mkdir()
-    names = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for fname, keys in shards.items():
-        safetensors_io.save_file({k: sd[k] for k in keys}, path / fname)
-    weight_map = {k: f for f, ks in shards.items() for k in ks}
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    c = tiny_config()
-    config = c.to_hf_dict()
-    config["model_type"] = "dream-vl"
-    (path / "config.json").write_text(json.dumps(config))
-    return sd
-
-
 def test_dream_vl_layout_bf16_sharded_with_projector(hf_model, batch, tmp_path):
     rng = np.random.default_rng(0)
-    sd = _write_dream_vl_snapshot(hf_model, tmp_path / "dream", rng)
+    sd = write_dream_vl_snapshot(hf_model, tmp_path / "dream", rng)
     model = dreamjax.DreamVL.from_pretrained(tmp_path / "dream")
     assert model.config.use_projector
     assert model.params["params"]["projector"]["linear_1"]["kernel"].dtype == np.float32

@@ -1,0 +1,153 @@
+"""HF/PyTorch snapshot → dreamjax checkpoint, streaming (``dreamjax convert``).
+
+Each dreamjax param is built with ``jax.make_array_from_callback`` straight into its target sharding: the
+callback reads, from the memory-mapped safetensors, only the slice that one device owns (for a stacked
+``layers`` param, only the layers in that slice), applies the key map's transform to that slice, and the
+array is handed to orbax's partial save and dropped. No host ever holds the whole model; in a multi-process
+run each process reads only the slices its devices own. Dtypes are kept as stored unless ``dtype`` is
+given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from conversion.keymap import LINEAR, PATCH_EMBED, detect_layout, expected_hf_keys, hf_to_target
+from conversion.safetensors_io import SafetensorsDir
+from dreamjax import checkpoint, sharding
+from dreamjax.models.config import DreamVLConfig
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json",
+                   "special_tokens_map.json", "generation_config.json", "preprocessor_config.json",
+                   "chat_template.json", "spm.model", "dreamjax_tokenizer.json")
+EXTRA_ASSETS = ("dataset_statistics.json",)
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _target_shape(hf_shape: tuple[int, ...], transform) -> tuple[int, ...]:
+    if transform is LINEAR:
+        return tuple(reversed(hf_shape))
+    if transform is PATCH_EMBED:
+        return (math.prod(hf_shape[1:]), hf_shape[0])
+    return tuple(hf_shape)
+
+
+def _slice_reader(views: list[np.ndarray], transform, stacked: bool, dtype) -> Callable:
+    """Callback for make_array_from_callback: index (tuple of slices) → that block of the dreamjax param."""
+    def read(index):
+        if stacked:
+            layers = range(len(views))[index[0]]
+            block = np.stack([np.asarray(transform.to_jax(views[i])[index[1:]]) for i in layers])
+        else:
+            block = np.asarray(transform.to_jax(views[0])[index])
+        return block.astype(dtype, copy=False)
+    return read
+
+
+def plan(config: DreamVLConfig, keys: Iterable[str]) -> dict[tuple[str, ...], list[str]]:
+    """Param path → the HF tensor names it is built from (one, or one per layer in order)."""
+    layout = detect_layout(keys)
+    groups: dict[tuple[str, ...], list] = {}
+    for key in expected_hf_keys(config, layout):
+        t = hf_to_target(key, config, layout)
+        groups.setdefault(t.path, []).append((t.layer or 0, key))
+    return {p: [k for _, k in sorted(v)] for p, v in groups.items()}
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=None, dtype: str | None = None,
+            scan_layers: bool = False, overwrite: bool = False, group_bytes: int | None = None) -> Path:
+    """Convert an HF snapshot dir (config.json + safetensors [+ tokenizer files, dataset_statistics.json])
+    into a dreamjax checkpoint at ``out``.
+
+    dtype: None keeps each tensor's stored dtype; "float32"/"bfloat16" converts. scan_layers: stack layers
+    (the layout of scanned configs). mesh: target shardings (default: one device). group_bytes: arrays are
+    handed to orbax in groups of about this size (default: the largest tensor), bounding peak memory.
+    """
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json (expected an HF snapshot directory)")
+    hf_config = json.loads((src / "config.json").read_text())
+    st = SafetensorsDir(src)
+    keys = st.keys()
+    stored = sorted({str(st.dtype(k)) for k in keys})
+    config = DreamVLConfig.from_hf_dict(hf_config, scan_layers=scan_layers,
+                                        param_dtype=dtype or ("bfloat16" if stored == ["bfloat16"] else "float32"))
+    not_float = [k for k in keys if st.dtype(k).kind != "f" and str(st.dtype(k)) != "bfloat16"]
+    if not_float:
+        raise ConversionError(f"{src}/{st.file_of(not_float[0])}: tensor {not_float[0]} has dtype "
+                              f"{st.dtype(not_float[0])}; model weights must be float32/bfloat16/float16")
+    layout = detect_layout(keys)
+    expected = expected_hf_keys(config, layout)
+    missing, unexpected = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(f"{src}: tensor names do not match config.json's architecture (layout {layout!r}): "
+                              f"missing {missing[:8] or 'none'}{' …' if len(missing) > 8 else ''}; unexpected "
+                              f"{unexpected[:8] or 'none'}{' …' if len(unexpected) > 8 else ''}")
+    from dreamjax.pretrained import _abstract_params  # the model's param tree with target shardings
+
+    target = _abstract_params(config, mesh, sharding.rules_from_config(rules))["params"]
+    flat_target = {tuple(k.key for k in kp): v for kp, v in jax.tree_util.tree_leaves_with_path(target)}
+    groups = plan(config, keys)
+    if set(groups) != set(flat_target):
+        raise ConversionError(f"key map and model disagree on params: {sorted(set(groups) ^ set(flat_target))[:8]}")
+
+    largest = max(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
+    group_bytes = group_bytes or largest
+    n_bytes = sum(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
+    log.info("converting %s: %d tensors, %.2f GB (%s), layout %s → %s", src, len(keys), n_bytes / 1e9,
+             "/".join(stored), layout, out)
+    pending: dict = {}
+    pending_bytes = 0
+    with checkpoint.ParamsWriter(out, overwrite=overwrite) as writer, \
+            tqdm(total=n_bytes, unit="B", unit_scale=True, desc="convert", disable=not sys.stderr.isatty()) as bar:
+        for path, hf_keys in groups.items():
+            tgt = flat_target[path]
+            transform = hf_to_target(hf_keys[0], config, layout).transform
+            stacked = hf_to_target(hf_keys[0], config, layout).stacked
+            for k in hf_keys:
+                want = _target_shape(st.shape(k), transform)
+                have = tgt.shape[1:] if stacked else tgt.shape
+                if tuple(want) != tuple(have):
+                    raise ConversionError(f"{src}/{st.file_of(k)}: tensor {k} has shape {list(st.shape(k))}; "
+                                          f"config.json implies {list(_hf_shape_hint(have, transform))}")
+            out_dtype = np.dtype(dtype) if dtype else st.dtype(hf_keys[0])
+            views = [st.view(k) for k in hf_keys]
+            arr = jax.make_array_from_callback(tgt.shape, tgt.sharding, _slice_reader(views, transform, stacked,
+                                                                                      out_dtype))
+            _put(pending, path, arr)
+            pending_bytes += arr.size * arr.dtype.itemsize
+            bar.update(sum(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in hf_keys))
+            if pending_bytes >= group_bytes:
+                writer.add({"params": pending})
+                pending, pending_bytes = {}, 0
+        if pending:
+            writer.add({"params": pending})
+        assets = {name: src / name for name in TOKENIZER_FILES + EXTRA_ASSETS if (src / name).is_file()}
+        if dtype:
+            hf_config = dict(hf_config, torch_dtype=dtype)
+        return writer.finish(hf_config, assets)
+
+
+def _hf_shape_hint(shape, transform):
+    return tuple(reversed(shape)) if transform is LINEAR else tuple(shape)
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
