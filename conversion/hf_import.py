@@ -48,15 +48,28 @@ def _target_shape(hf_shape: tuple[int, ...], transform) -> tuple[int, ...]:
 
 
 def _slice_reader(views: list[np.ndarray], transform, stacked: bool, dtype) -> Callable:
-    """Callback for make_array_from_callback: index (tuple of slices) → that block of the dreamjax param."""
+    """Callback for make_array_from_callback: index (tuple of slices) → that block of the dreamjax param.
+
+    make_array_from_callback asks once per local device; devices holding the same block (replicated mesh
+    axes) share one read.
+    """
+    cache: dict = {}
+
     def read(index):
-        if stacked:
-            layers = range(len(views))[index[0]]
-            block = np.stack([np.asarray(transform.to_jax(views[i])[index[1:]]) for i in layers])
-        else:
-            block = np.asarray(transform.to_jax(views[0])[index])
-        return block.astype(dtype, copy=False)
+        key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
+        if key not in cache:
+            cache[key] = _read_block(views, transform, stacked, dtype, index)
+        return cache[key]
     return read
+
+
+def _read_block(views, transform, stacked, dtype, index) -> np.ndarray:
+    if stacked:
+        layers = range(len(views))[index[0]]
+        block = np.stack([np.asarray(transform.to_jax(views[i])[index[1:]]) for i in layers])
+    else:
+        block = np.asarray(transform.to_jax(views[0])[index])
+    return block.astype(dtype, copy=False)
 
 
 def plan(config: DreamVLConfig, keys: Iterable[str]) -> dict[tuple[str, ...], list[str]]:
