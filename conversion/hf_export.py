@@ -1,26 +1,30 @@
 """dreamjax checkpoint → HF layout (``dreamjax export``): sharded safetensors + index, config.json and the
 tokenizer / statistics assets, loadable by the reference PyTorch code.
 
-Params are restored one at a time (orbax partial restore) and written tensor by tensor into shards of at
-most ``max_shard_bytes``; the output directory is built under a temporary name and renamed when complete.
-Tensors keep the checkpoint's dtype (bytes unchanged) unless ``dtype`` is given.
+The shard plan (which tensor goes in which file, at most ``max_shard_bytes`` each) comes from the
+checkpoint's metadata alone; then params are restored one at a time (orbax partial restore) and each
+tensor is streamed into its shard file, so about one param is in memory at a time. The output directory
+is built under a temporary name and renamed when complete. Tensors keep the checkpoint's dtype (bytes
+unchanged) unless ``dtype`` is given.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from conversion import safetensors_io
-from conversion.keymap import expected_hf_keys, from_canonical, hf_shape, rows_for
+from conversion.keymap import LINEAR, PATCH_EMBED, Row, from_canonical, rows_for
+from conversion.safetensors_io import StreamingWriter
 from dreamjax import checkpoint
 from dreamjax.models.config import DreamVLConfig
 
@@ -36,11 +40,51 @@ def _restore_leaf(ckpt, meta: dict, path: tuple[str, ...]) -> np.ndarray:
         here = tuple(k.key for k in kp)
         return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev) if here == path else checkpoint.PLACEHOLDER
 
-    tree = jax.tree_util.tree_map_with_path(target, meta)
-    got = checkpoint.load_params(ckpt, {"params": tree})["params"]
+    got = checkpoint.load_params(ckpt, {"params": jax.tree_util.tree_map_with_path(target, meta)})["params"]
     for p in path:
         got = got[p]
     return np.asarray(got)
+
+
+def _hf_shape(row: Row, jax_shape: tuple[int, ...], config: DreamVLConfig) -> tuple[int, ...]:
+    if row.transform is PATCH_EMBED:
+        v = config.vision
+        return (v.embed_dim, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    return tuple(reversed(jax_shape)) if row.transform is LINEAR else tuple(jax_shape)
+
+
+def _tensors(config: DreamVLConfig, meta: dict, scanned: bool) -> Iterator[tuple[Row, str, tuple, int | None]]:
+    """(row, canonical HF name, param path, layer index in a stacked param) for every tensor, table order."""
+    for row in rows_for(config):
+        if not row.stack:
+            yield row, row.hf, tuple(row.path.split("/")), None
+            continue
+        n = config.vision.depth if row.stack == "vision" else config.num_hidden_layers
+        for i in range(n):
+            if scanned:
+                path = tuple(row.path.replace("blocks_{i}", "blocks").replace("layers_{i}", "layers").split("/"))
+                yield row, row.hf.replace("{i}", str(i)), path, i
+            else:
+                yield row, row.hf.replace("{i}", str(i)), tuple(row.path.replace("{i}", str(i)).split("/")), None
+
+
+def _leaf_meta(meta: dict, path: tuple[str, ...]):
+    for p in path:
+        meta = meta[p]
+    return meta
+
+
+def _export_heads(ckpt, out_dir: Path) -> None:
+    """Write the Dream-VLA heads back under their original file names, as the reference saves them
+    (``{component}--…_checkpoint.pt`` state dicts, DDP ``module.`` prefix kept as it was)."""
+    from conversion import heads as head_io
+
+    heads, info = checkpoint.load_heads(ckpt)
+    for component, params in heads.items():
+        name = info[component]["file"]
+        sd = head_io.params_to_head_state_dict(component, params, info[component]["kind"])
+        head_io.save_head_file(out_dir / name, sd, fmt="safetensors" if name.endswith(".safetensors") else "pt",
+                               ddp_prefix=info[component]["ddp_prefix"])
 
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dream", dtype: str | None = None,
@@ -55,67 +99,62 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dr
     hf_config = checkpoint.load_config(ckpt)
     meta, scanned = checkpoint.params_metadata(ckpt)["params"], checkpoint.stored_scanned(ckpt)
     config = DreamVLConfig.from_hf_dict(hf_config, scan_layers=scanned)
+
+    # ---- plan: tensors → shards, from metadata only
+    plan, shards, size = [], [[]], 0
+    for row, name, path, layer in _tensors(config, meta, scanned):
+        m = _leaf_meta(meta, path)
+        shape = _hf_shape(row, tuple(m.shape[1:] if layer is not None else m.shape), config)
+        dt = np.dtype(dtype) if dtype else np.dtype(m.dtype)
+        nbytes = math.prod(shape) * dt.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(len(plan))
+        plan.append((row, from_canonical(name, layout), path, layer, shape, dt))
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        shards, current, current_bytes, weight_map = [], [], 0, {}
-
-        def flush():
-            nonlocal current, current_bytes
-            if current:
-                name = f"part-{len(shards):05d}.safetensors"
-                safetensors_io.save_file(current, tmp / name, metadata={"format": "pt"})
-                shards.append((name, [k for k, _ in current]))
-                current, current_bytes = [], 0
-
-        rows = rows_for(config)
-        with tqdm(total=len(expected_hf_keys(config)), unit="tensor", desc="export", disable=not sys.stderr.isatty()) as bar:
-            for row in rows:
-                n = (config.vision.depth if row.stack == "vision" else config.num_hidden_layers) if row.stack else 0
-                if row.stack and scanned:
-                    leaf = _restore_leaf(ckpt, meta, tuple(row.path.replace("blocks_{i}", "blocks")
-                                                           .replace("layers_{i}", "layers").split("/")))
-                    items = [(row.hf.replace("{i}", str(i)), leaf[i]) for i in range(n)]
-                elif row.stack:
-                    items = [(row.hf.replace("{i}", str(i)),
-                              _restore_leaf(ckpt, meta, tuple(row.path.replace("{i}", str(i)).split("/"))))
-                             for i in range(n)]
-                else:
-                    items = [(row.hf, _restore_leaf(ckpt, meta, tuple(row.path.split("/"))))]
-                for hf_key, arr in items:
-                    shape = hf_shape(row, arr, config)
-                    tensor = np.ascontiguousarray(row.transform.to_hf(arr, shape))
-                    if dtype:
-                        tensor = tensor.astype(np.dtype(dtype))
-                    if current and current_bytes + tensor.nbytes > max_shard_bytes:
-                        flush()
-                    current.append((from_canonical(hf_key, layout), tensor))
-                    current_bytes += tensor.nbytes
-                    bar.update()
-        flush()
-        total_size = 0
-        if len(shards) == 1:
-            (tmp / shards[0][0]).rename(tmp / "model.safetensors")
-        else:
-            for i, (name, keys) in enumerate(shards):
-                final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                (tmp / name).rename(tmp / final)
-                for k in keys:
-                    weight_map[k] = final
-            total_size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
+        leaf_path, leaf = None, None
+        with tqdm(total=len(plan), unit="tensor", desc="export", disable=not sys.stderr.isatty()) as bar:
+            for fname, members in zip(names, shards):
+                writer = StreamingWriter(tmp / fname, [(plan[j][1], plan[j][5], plan[j][4]) for j in members],
+                                         metadata={"format": "pt"})
+                try:
+                    for j in members:
+                        row, hf_name, path, layer, shape, dt = plan[j]
+                        if path != leaf_path:  # one restore per param (a stacked param serves all its layers)
+                            leaf_path, leaf = path, None
+                            leaf = _restore_leaf(ckpt, meta, path)
+                        arr = leaf[layer] if layer is not None else leaf
+                        writer.write(hf_name, row.transform.to_hf(arr, shape).astype(dt, copy=False))
+                        bar.update()
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+        leaf = None
+        if len(names) > 1:
+            weight_map = {plan[j][1]: fname for fname, members in zip(names, shards) for j in members}
+            total = sum((tmp / f).stat().st_size for f in names)
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         if dtype:
             hf_config = dict(hf_config, torch_dtype=dtype)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         for f in checkpoint.assets_dir(ckpt).iterdir():
-            if f.is_file() and f.name != checkpoint.CONFIG_FILE:
+            if f.is_file() and f.name not in (checkpoint.CONFIG_FILE, checkpoint.HEADS_FILE):
                 shutil.copyfile(f, tmp / f.name)
+        _export_heads(ckpt, tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s → %s (%d shard%s)", ckpt, out, max(1, len(shards)), "s" if len(shards) > 1 else "")
+    log.info("exported %s → %s (%d shard%s)", ckpt, out, len(names), "s" if len(names) > 1 else "")
     return out

@@ -47,7 +47,7 @@ def _target_shape(hf_shape: tuple[int, ...], transform) -> tuple[int, ...]:
     return tuple(hf_shape)
 
 
-def _slice_reader(views: list[np.ndarray], transform, stacked: bool, dtype) -> Callable:
+def _slice_reader(st: SafetensorsDir, keys: list[str], transform, stacked: bool, dtype, merged=None) -> Callable:
     """Callback for make_array_from_callback: index (tuple of slices) → that block of the dreamjax param.
 
     make_array_from_callback asks once per local device; devices holding the same block (replicated mesh
@@ -58,18 +58,33 @@ def _slice_reader(views: list[np.ndarray], transform, stacked: bool, dtype) -> C
     def read(index):
         key = tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
         if key not in cache:
-            cache[key] = _read_block(views, transform, stacked, dtype, index)
+            cache[key] = _read_block(st, keys, transform, stacked, dtype, index, merged)
         return cache[key]
     return read
 
 
-def _read_block(views, transform, stacked, dtype, index) -> np.ndarray:
+def _read_block(st: SafetensorsDir, keys: list[str], transform, stacked: bool, dtype, index,
+                merged=None) -> np.ndarray:
+    """One device's block: read only the HF rows it needs (pread), transform them, slice the rest."""
     if stacked:
-        layers = range(len(views))[index[0]]
-        block = np.stack([np.asarray(transform.to_jax(views[i])[index[1:]]) for i in layers])
-    else:
-        block = np.asarray(transform.to_jax(views[0])[index])
-    return block.astype(dtype, copy=False)
+        layers = range(len(keys))[index[0]]
+        return np.stack([_read_one(st, keys[i], transform, dtype, index[1:], merged) for i in layers])
+    return _read_one(st, keys[0], transform, dtype, index, merged)
+
+
+def _read_one(st: SafetensorsDir, key: str, transform, dtype, index, merged=None) -> np.ndarray:
+    shape = st.shape(key)
+    if merged is not None and key in merged.merged:  # LoRA update: needs the whole tensor
+        return np.ascontiguousarray(transform.to_jax(merged(key))[index]).astype(dtype, copy=False)
+    if not shape:
+        return np.asarray(st.get(key)).astype(dtype, copy=False)
+    # which dreamjax axis is the HF tensor's first (row) axis: the output axis of Linear/patch kernels
+    row_axis = 1 if transform in (LINEAR, PATCH_EMBED) else 0
+    rows = index[row_axis] if len(index) > row_axis else slice(None)
+    start, stop, _ = rows.indices(shape[0])
+    block = transform.to_jax(st.read_rows(key, start, stop))
+    rest = tuple(slice(None) if a == row_axis else s for a, s in enumerate(index))
+    return np.ascontiguousarray(block[rest]).astype(dtype, copy=False)
 
 
 def plan(config: DreamVLConfig, keys: Iterable[str]) -> dict[tuple[str, ...], list[str]]:
@@ -83,7 +98,8 @@ def plan(config: DreamVLConfig, keys: Iterable[str]) -> dict[tuple[str, ...], li
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=None, dtype: str | None = None,
-            scan_layers: bool = False, overwrite: bool = False, group_bytes: int | None = None) -> Path:
+            scan_layers: bool = False, overwrite: bool = False, group_bytes: int | None = None,
+            merge_lora: str | os.PathLike | None = None) -> Path:
     """Convert an HF snapshot dir (config.json + safetensors [+ tokenizer files, dataset_statistics.json])
     into a dreamjax checkpoint at ``out``.
 
@@ -119,8 +135,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
     if set(groups) != set(flat_target):
         raise ConversionError(f"key map and model disagree on params: {sorted(set(groups) ^ set(flat_target))[:8]}")
 
+    merged = None
+    if merge_lora is not None:
+        from conversion.lora import load_adapter, merge_lora as make_merged
+
+        merged = make_merged(st.get, keys, load_adapter(merge_lora), source=str(src))
+        log.info("merging LoRA %s into %d tensors", merge_lora, len(merged.merged))
     largest = max(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
-    group_bytes = group_bytes or largest
+    group_bytes = group_bytes or largest // 2
     n_bytes = sum(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
     log.info("converting %s: %d tensors, %.2f GB (%s), layout %s → %s", src, len(keys), n_bytes / 1e9,
              "/".join(stored), layout, out)
@@ -139,9 +161,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
                     raise ConversionError(f"{src}/{st.file_of(k)}: tensor {k} has shape {list(st.shape(k))}; "
                                           f"config.json implies {list(_hf_shape_hint(have, transform))}")
             out_dtype = np.dtype(dtype) if dtype else st.dtype(hf_keys[0])
-            views = [st.view(k) for k in hf_keys]
-            arr = jax.make_array_from_callback(tgt.shape, tgt.sharding, _slice_reader(views, transform, stacked,
-                                                                                      out_dtype))
+            arr = jax.make_array_from_callback(tgt.shape, tgt.sharding,
+                                               _slice_reader(st, hf_keys, transform, stacked, out_dtype, merged))
             _put(pending, path, arr)
             pending_bytes += arr.size * arr.dtype.itemsize
             bar.update(sum(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in hf_keys))
@@ -151,6 +172,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
         if pending:
             writer.add({"params": pending})
         assets = {name: src / name for name in TOKENIZER_FILES + EXTRA_ASSETS if (src / name).is_file()}
+        heads, info = _convert_heads(src, config)
+        if heads:
+            writer.write_heads(heads)
+            assets[checkpoint.HEADS_FILE] = json.dumps(info, indent=2).encode()
         if dtype:
             hf_config = dict(hf_config, torch_dtype=dtype)
         return writer.finish(hf_config, assets)
@@ -158,6 +183,30 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
 
 def _hf_shape_hint(shape, transform):
     return tuple(reversed(shape)) if transform is LINEAR else tuple(shape)
+
+
+def _convert_heads(src: Path, config: DreamVLConfig) -> tuple[dict, dict]:
+    """Head files in ``src`` → ({component: params}, {component: {"kind", "file"}})."""
+    from conversion import heads as head_io
+
+    params, info = {}, {}
+    for component in head_io.COMPONENTS:
+        candidates = [p for p in src.iterdir() if p.is_file() and component in p.name and "checkpoint" in p.name
+                      and p.suffix in head_io.HEAD_SUFFIXES and not p.name.startswith(".")]
+        if not candidates:
+            continue
+        path = head_io.find_head_file(src, component)  # refuses two candidates, naming them
+        params[component], kind = head_io.load_head(path, component, hidden_size=config.hidden_size)
+        if path.suffix == ".safetensors":
+            from conversion.safetensors_io import SafetensorsFile
+
+            raw_keys = SafetensorsFile(path).keys()
+        else:
+            raw_keys = head_io.load_torch_state_dict(path).keys()
+        ddp = all(k.startswith(head_io.DDP_PREFIX) for k in raw_keys)
+        info[component] = {"kind": kind, "file": path.name, "ddp_prefix": ddp}
+        log.info("head %s (%s) from %s", component, kind or "projector", path.name)
+    return params, info
 
 
 def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:

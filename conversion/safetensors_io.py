@@ -88,11 +88,36 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a fresh numpy array (stored dtype)."""
-        return np.array(self.view(name))
+        shape = self.shape(name)
+        return self.read_rows(name, 0, shape[0] if shape else 1)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the tensor's first dimension, read with ``pread`` into a fresh array.
+
+        Unlike the memory map, nothing stays mapped afterwards: streaming readers use this so resident
+        memory holds only the blocks in flight, not every page of the file they have touched.
+        """
+        if name not in self._entries:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        e = self._entries[name]
+        dtype, shape = DTYPES[e["dtype"]], tuple(e["shape"])
+        if not shape:
+            start, stop = 0, 1
+        row = math.prod(shape[1:]) * dtype.itemsize
+        begin = self._data_start + e["data_offsets"][0] + start * row
+        n = (stop - start) * row
+        buf = bytearray(n)
+        with open(self.path, "rb", buffering=0) as f:
+            got = f.readinto(memoryview(buf)) if f.seek(begin) == begin else 0
+        if got != n:
+            raise SafetensorsError(f"{self.path}: short read of tensor {name!r} ({got} of {n} bytes)")
+        arr = np.frombuffer(buf, dtype=dtype)
+        return arr.reshape(shape) if not shape else arr.reshape((stop - start,) + shape[1:])
 
 
 class SafetensorsDir:
-    """All tensors of an HF snapshot dir: ``model.safetensors.index.json`` (sharded) or ``*.safetensors``."""
+    """All tensors of an HF snapshot dir: ``model.safetensors.index.json`` (sharded), ``model.safetensors``,
+    or else every ``*.safetensors`` in it."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -106,7 +131,10 @@ class SafetensorsDir:
                     raise SafetensorsError(f"{index}: lists {name!r} in {fname}, which does not contain it")
                 self._where[name] = files[fname]
         else:
-            paths = sorted(self.path.glob("*.safetensors"))
+            # the single-file HF layout; else every *.safetensors (other files, e.g. Dream-VLA head files, sit
+            # beside a model.safetensors or an index)
+            single = self.path / "model.safetensors"
+            paths = [single] if single.is_file() else sorted(self.path.glob("*.safetensors"))
             if not paths:
                 raise FileNotFoundError(f"{self.path}: no model.safetensors.index.json and no *.safetensors files")
             self._where = {}
@@ -132,6 +160,9 @@ class SafetensorsDir:
 
     def view(self, name: str) -> np.ndarray:
         return self._where[name].view(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._where[name].read_rows(name, start, stop)
 
     def file_of(self, name: str) -> str:
         return self._where[name].path.name
@@ -164,3 +195,52 @@ def save_file(tensors: Mapping[str, np.ndarray] | Iterator[tuple[str, np.ndarray
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class StreamingWriter:
+    """Write a safetensors file whose tensor list is known up front, one tensor at a time.
+
+    The header (names, dtypes, shapes, offsets) is written first from ``entries``; ``write`` then appends
+    each tensor's bytes in that order, so only one tensor is in memory at a time. ``close`` checks every
+    entry was written and renames the temporary file into place.
+    """
+
+    def __init__(self, path: str | os.PathLike, entries: list[tuple[str, np.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None):
+        self.path = Path(path)
+        self.entries = [(n, np.dtype(d), tuple(s)) for n, d, s in entries]
+        header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+        offset = 0
+        for name, dtype, shape in self.entries:
+            if dtype not in DTYPE_NAMES:
+                raise SafetensorsError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = open(self.tmp, "wb")
+        self._f.write(struct.pack("<Q", len(blob)))
+        self._f.write(blob)
+        self._next = 0
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        want_name, dtype, shape = self.entries[self._next]
+        arr = np.asarray(arr)
+        if (name, arr.dtype, arr.shape) != (want_name, dtype, shape):
+            raise SafetensorsError(f"{self.path}: expected tensor {want_name!r} {dtype}{list(shape)} next, got "
+                                   f"{name!r} {arr.dtype}{list(arr.shape)}")
+        self._f.write(np.ascontiguousarray(arr).tobytes())
+        self._next += 1
+
+    def close(self) -> None:
+        self._f.close()
+        if self._next != len(self.entries):
+            self.tmp.unlink(missing_ok=True)
+            raise SafetensorsError(f"{self.path}: only {self._next} of {len(self.entries)} tensors were written")
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        self.tmp.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ Layout of one checkpoint directory (also the layout of one step of a training ru
     CKPT/
       params/     orbax (v1 API) PyTree checkpoint of ``{"params": …}``, as ``model.init`` returns it
       assets/     plain files: config.json (HF layout), tokenizer files, dataset_statistics.json, …
+      heads/      (Dream-VLA only) orbax PyTree {component: params} of the action head and projectors,
+                  described by assets/heads.json ({component: {"kind", "file"}})
 
 A run directory whose children are integer step directories of that layout resolves to its latest step.
 Writers build everything under a temporary sibling (``.NAME.partial``) and rename it into place at the end,
@@ -26,6 +28,7 @@ import jax
 import orbax.checkpoint.experimental.v1 as ocp
 
 PARAMS_DIR, ASSETS_DIR, CONFIG_FILE = "params", "assets", "config.json"
+HEADS_DIR, HEADS_FILE = "heads", "heads.json"  # Dream-VLA action head / projectors, when present
 PLACEHOLDER = ocp.PLACEHOLDER  # leaf marker for partial restores
 
 
@@ -78,6 +81,10 @@ class ParamsWriter:
     def write_all(self, tree: Mapping[str, Any]) -> None:
         """Write the whole param tree in one go (when it is in memory anyway)."""
         ocp.save(self.tmp / PARAMS_DIR, dict(tree))
+
+    def write_heads(self, heads: Mapping[str, Any]) -> None:
+        """Store the Dream-VLA heads/projectors ({component: params}) beside the model params."""
+        ocp.save(self.tmp / HEADS_DIR, dict(heads))
 
     def finish(self, hf_config: Mapping[str, Any],
                assets: Mapping[str, bytes | str | os.PathLike] | None = None) -> Path:
@@ -145,6 +152,15 @@ def stored_scanned(path: str | os.PathLike) -> bool:
     """Whether the stored params stack their layers (``model/layers``, ``visual/blocks``) on a leading axis."""
     meta = params_metadata(path)["params"]
     return "layers" in meta.get("model", {}) or "blocks" in meta.get("visual", {})
+
+
+def load_heads(path: str | os.PathLike) -> tuple[dict, dict]:
+    """({component: params as numpy}, {component: {"kind", "file"}}); empty when the checkpoint has no heads."""
+    ckpt = resolve(path)
+    if not (ckpt / HEADS_DIR).is_dir():
+        return {}, {}
+    info = json.loads((ckpt / ASSETS_DIR / HEADS_FILE).read_text())
+    return jax.device_get(ocp.load(ckpt / HEADS_DIR)), info
 
 
 def assets_dir(path: str | os.PathLike) -> Path:

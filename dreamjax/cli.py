@@ -4,6 +4,7 @@
   dreamjax forward  --model PATH [--image IMG] --prompt TEXT    one forward pass; prints top next tokens
   dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
   dreamjax convert  --from-hf DIR --out CKPT [--mesh data=1,fsdp=8,tensor=1] [--dtype D] [--scan-layers]
+                    [--merge-lora ADAPTER_DIR]
   dreamjax export   --ckpt CKPT --out DIR [--layout dream|hf5] [--dtype D] [--max-shard-size 5GB]
 """
 
@@ -103,7 +104,7 @@ def cmd_convert(args) -> int:
     from conversion.hf_import import convert
 
     out = convert(args.from_hf, args.out, mesh=_parse_mesh(args.mesh), dtype=args.dtype,
-                  scan_layers=args.scan_layers, overwrite=args.overwrite)
+                  scan_layers=args.scan_layers, overwrite=args.overwrite, merge_lora=args.merge_lora)
     print(out)
     return 0
 
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mesh", help="target mesh, e.g. data=1,fsdp=-1,tensor=1 (default: one device)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="convert dtype (default: keep as stored)")
     p.add_argument("--scan-layers", action="store_true", help="store layers stacked (for scanned configs)")
+    p.add_argument("--merge-lora", help="peft adapter dir to merge into the base weights while converting")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_convert)
 
