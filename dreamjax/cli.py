@@ -2,6 +2,7 @@
 
   dreamjax demo     [--out DIR]                     the embedded default (runs on one CPU)
   dreamjax forward  --model PATH [--image IMG] --prompt TEXT    one forward pass; prints top next tokens
+  dreamjax generate --model PATH [--image IMG] --prompt TEXT [--max-new-tokens N --steps S --alg A]
   dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
   dreamjax convert  --from-hf DIR --out CKPT [--mesh data=1,fsdp=8,tensor=1] [--dtype D] [--scan-layers]
                     [--merge-lora ADAPTER_DIR]
@@ -33,14 +34,25 @@ def cmd_demo(args) -> int:
 def cmd_forward(args) -> int:
     import numpy as np
 
-    from dreamjax.data.chat_template import build_prompt
-    from dreamjax.data.image_processor import preprocess
     from dreamjax.demo import token_label
     from dreamjax.pretrained import DreamVL
 
     model = DreamVL.from_pretrained(args.model, dtype=args.dtype)
+    ids, pixel_values, grid = _encode_prompt(model, args)
+    logits = np.asarray(model(ids, None, pixel_values, grid), np.float32)
+    top = np.argsort(-logits[0, -1])[: args.top]
+    for i in top:
+        print(f"{int(i):>8d}  {logits[0, -1, i]:9.3f}  {token_label(model.tokenizer, int(i))!r}")
+    return 0
+
+
+def _encode_prompt(model, args):
+    """Chat prompt (+ image) for --prompt/--image → (input_ids [1, P], pixel_values, grid)."""
+    from dreamjax.data.chat_template import build_prompt
+    from dreamjax.data.image_processor import preprocess
+
     if model.tokenizer is None:
-        raise SystemExit(f"{args.model}: no tokenizer files; `forward` needs one to encode --prompt")
+        raise ValueError(f"{args.model}: no tokenizer files; --prompt needs one to encode the text")
     content = [{"type": "text", "text": args.prompt}]
     pixel_values = grid = None
     if args.image:
@@ -49,10 +61,25 @@ def cmd_forward(args) -> int:
         pixel_values, grid = preprocess([Image.open(args.image)], args.min_pixels, args.max_pixels)
         content.insert(0, {"type": "image"})
     ids = build_prompt(model.tokenizer, [{"role": "user", "content": content}], grid)[None]
-    logits = np.asarray(model(ids, None, pixel_values, grid), np.float32)
-    top = np.argsort(-logits[0, -1])[: args.top]
-    for i in top:
-        print(f"{int(i):>8d}  {logits[0, -1, i]:9.3f}  {token_label(model.tokenizer, int(i))!r}")
+    return ids, pixel_values, grid
+
+
+def cmd_generate(args) -> int:
+    import time
+
+    from dreamjax.diffusion.sampler import decode_generated, default_stop_ids
+    from dreamjax.pretrained import DreamVL
+
+    model = DreamVL.from_pretrained(args.model, dtype=args.dtype)
+    ids, pixel_values, grid = _encode_prompt(model, args)
+    t0 = time.perf_counter()
+    out = model.generate(ids, None, pixel_values, grid, max_new_tokens=args.max_new_tokens, steps=args.steps,
+                         alg=args.alg, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                         alg_temp=args.alg_temp, rng=args.seed)
+    text = decode_generated(model.tokenizer, out, ids.shape[1], default_stop_ids(model.config, model.tokenizer))[0]
+    logging.getLogger("dreamjax").info("generated in %.2fs (first call includes compilation)",
+                                       time.perf_counter() - t0)
+    print(text)
     return 0
 
 
@@ -138,6 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pixels", type=int, default=3211264)
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(fn=cmd_forward)
+
+    p = sub.add_parser("generate", help="diffusion generation from a checkpoint on an image + prompt")
+    p.add_argument("--model", required=True, help="HF snapshot dir or dreamjax checkpoint")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--image")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--min-pixels", type=int, default=3136)
+    p.add_argument("--max-pixels", type=int, default=3211264)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--alg", default="maskgit_plus", choices=["origin", "maskgit_plus", "topk_margin", "entropy"])
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--alg-temp", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("info", help="parameter counts of a model config")
     p.add_argument("--config", required=True)

@@ -32,11 +32,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "checkpoint" / "params").is_dir() and (tmp_path / "scene.png").is_file()
     assert (tmp_path / "checkpoint" / "assets" / "spm.model").is_file(), "the tokenizer travels with the checkpoint"
 
-    # the checkpoint the demo wrote answers `dreamjax forward`
+    assert summary["generated_canvas"] == [1, summary["prompt_tokens"] + 16]
+    assert isinstance(summary["generated"], str)
+
+    # the checkpoint the demo wrote answers `dreamjax forward` and `dreamjax generate`
     assert cli.main(["forward", "--model", str(tmp_path / "checkpoint"), "--image", str(tmp_path / "scene.png"),
                      "--prompt", "what colour is the square", "--top", "3"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.strip()]
     assert len(rows) == 3 and all(np.isfinite(float(r.split()[1])) for r in rows)
+    args = ["generate", "--model", str(tmp_path / "checkpoint"), "--image", str(tmp_path / "scene.png"),
+            "--prompt", "what colour is the square", "--max-new-tokens", "8", "--steps", "4"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args) == 0 and capsys.readouterr().out == first, "temperature 0 generation is deterministic"
 
 
 def test_info_counts_7b_params(capsys):
