@@ -46,6 +46,16 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def _add_prompt_args(p) -> None:
+    """Arguments of the commands that run a checkpoint on one image + prompt."""
+    p.add_argument("--model", required=True, help="HF snapshot dir or dreamjax checkpoint")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--image")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--min-pixels", type=int, default=3136)
+    p.add_argument("--max-pixels", type=int, default=3211264)
+
+
 def _encode_prompt(model, args):
     """Chat prompt (+ image) for --prompt/--image → (input_ids [1, P], pixel_values, grid)."""
     from dreamjax.data.chat_template import build_prompt
@@ -157,22 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("forward", help="one forward pass of a checkpoint on an image + prompt")
-    p.add_argument("--model", required=True, help="HF snapshot dir or dreamjax checkpoint")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--image")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--min-pixels", type=int, default=3136)
-    p.add_argument("--max-pixels", type=int, default=3211264)
+    _add_prompt_args(p)
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(fn=cmd_forward)
 
     p = sub.add_parser("generate", help="diffusion generation from a checkpoint on an image + prompt")
-    p.add_argument("--model", required=True, help="HF snapshot dir or dreamjax checkpoint")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--image")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--min-pixels", type=int, default=3136)
-    p.add_argument("--max-pixels", type=int, default=3211264)
+    _add_prompt_args(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--alg", default="maskgit_plus", choices=["origin", "maskgit_plus", "topk_margin", "entropy"])

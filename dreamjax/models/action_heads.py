@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamjax.models.layers import gelu_exact, param_init
+from dreamjax.models.layers import gelu_exact, layer_norm, param_init
 
 LAYER_NORM_EPS = 1e-5
 
@@ -62,10 +62,8 @@ def torch_linear(features: int, fan_in: int, names: tuple[str, str], *, dtype, p
 
 
 def torch_layer_norm(axis_name: str, *, dtype, param_dtype, name: str) -> nn.LayerNorm:
-    """PyTorch nn.LayerNorm: eps 1e-5, two-pass variance (not E[x²]−E[x]², which loses digits on large means)."""
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                        name=name, scale_init=param_init(nn.initializers.ones_init(), (axis_name,)),
-                        bias_init=param_init(nn.initializers.zeros_init(), (axis_name,)))
+    """PyTorch nn.LayerNorm defaults: eps 1e-5, two-pass variance (``layers.layer_norm``)."""
+    return layer_norm(LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name, axis_name=axis_name)
 
 
 class MLPResNetBlock(nn.Module):

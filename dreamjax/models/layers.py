@@ -51,9 +51,10 @@ class RMSNorm(nn.Module):
 
 
 def layer_norm(eps: float, *, dtype, param_dtype, name: str, axis_name: str = "norm") -> nn.LayerNorm:
-    """LayerNorm with bias (ViT blocks, merger); statistics in fp32."""
+    """LayerNorm with bias (ViT blocks, merger); statistics in fp32, variance in two passes as torch computes
+    it (flax's default E[x²]−E[x]² loses digits when the mean is large)."""
     return nn.LayerNorm(
-        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name, use_fast_variance=False,
         scale_init=param_init(nn.initializers.ones_init(), (axis_name,)),
         bias_init=param_init(nn.initializers.zeros_init(), (axis_name,)))
 
