@@ -182,7 +182,7 @@ class DreamVL:
         ``steps`` full forwards with ``alg`` ∈ {origin, maskgit_plus, topk_margin, entropy}; temperature,
         top_p, top_k, alg_temp, eos_penalty and eps as the reference (``dreamjax.diffusion.sampler``).
         steps > max_new_tokens is allowed (some steps then reveal nothing), as in the reference.
-        rng: a ``jax.random`` key; default ``jax.random.key(0)``. Rows are independent unless
+        rng: a ``jax.random`` key or int seed; default ``jax.random.key(0)``. Rows are independent unless
         ``flat_batch=True`` (the HF generator's batch-coupled top-k).
 
         Returns the full canvas [B, P + max_new_tokens] (prompt included, as the reference) — cut it with

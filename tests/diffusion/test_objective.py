@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dreamjax.data import sft_labels
 from dreamjax.diffusion import objective
 from dreamjax.diffusion.objective import IGNORE_INDEX, WEIGHTINGS
 from dreamjax.models.positions import text_position_ids
@@ -290,9 +291,9 @@ def test_sft_labels_follow_the_reference_rules():
     ids = np.full((2, s), 0)
     ids[0, :len(row0)], ids[1, :len(row1)] = row0, row1
     lengths = [len(row0), len(row1)]
-    assistant = objective.assistant_turn_mask(ids, im_start_id=IM_START, im_end_id=IM_END, newline_id=NL,
+    assistant = sft_labels.assistant_turn_mask(ids, im_start_id=IM_START, im_end_id=IM_END, newline_id=NL,
                                               assistant_role_ids=[ASSISTANT, NL])
-    out = objective.sft_labels(ids, assistant, lengths, structural_ids=[NL, IM_START, IM_END], pad_token_id=PAD,
+    out = sft_labels.sft_labels(ids, assistant, lengths, structural_ids=[NL, IM_START, IM_END], pad_token_id=PAD,
                                never_maskable_ids=[IMG])
 
     # Independent expectation, token by token.
@@ -319,7 +320,7 @@ def test_sft_labels_follow_the_reference_rules():
     np.testing.assert_array_equal(out["input_ids"][1, lengths[1]:], PAD)
     assert (out["labels"][ids == IMG] == IGNORE_INDEX).all()
     # Explicit per-row EOS counts (the reference's pre-splice text lengths) override the default.
-    out2 = objective.sft_labels(ids, assistant, lengths, structural_ids=[NL, IM_START, IM_END], pad_token_id=PAD,
+    out2 = sft_labels.sft_labels(ids, assistant, lengths, structural_ids=[NL, IM_START, IM_END], pad_token_id=PAD,
                                 num_eos_targets=[2, 1])
     assert list((out2["labels"] == PAD).sum(1)) == [2, 1]
 
@@ -327,8 +328,8 @@ def test_sft_labels_follow_the_reference_rules():
 def test_sft_labels_bad_input():
     ids = np.zeros((1, 4), int)
     with pytest.raises(ValueError, match="lengths"):
-        objective.sft_labels(ids, np.zeros((1, 4), bool), [5], structural_ids=[1], pad_token_id=2)
+        sft_labels.sft_labels(ids, np.zeros((1, 4), bool), [5], structural_ids=[1], pad_token_id=2)
     with pytest.raises(ValueError, match="assistant_mask shape"):
-        objective.sft_labels(ids, np.zeros((1, 3), bool), [4], structural_ids=[1], pad_token_id=2)
+        sft_labels.sft_labels(ids, np.zeros((1, 3), bool), [4], structural_ids=[1], pad_token_id=2)
     with pytest.raises(ValueError, match="weighting"):
         objective.token_weights(jnp.ones((1, 2), bool), jnp.ones(1), "1/t")
