@@ -201,13 +201,18 @@ def head_file_name(component: str, step: int | str = "latest", fmt: str = "pt") 
     return f"{component}--{step}_checkpoint.{fmt}"
 
 
-def find_head_file(directory: str | os.PathLike, component: str) -> Path:
-    """The one file in ``directory`` whose name contains ``component`` and "checkpoint" (the reference's eval
-    rule), among ``.pt`` / ``.safetensors`` files (hidden temp files ignored). 0 or ≥ 2 matches are errors."""
+def head_files(directory: str | os.PathLike, component: str) -> list[Path]:
+    """Files in ``directory`` whose name contains ``component`` and "checkpoint" (the reference's eval rule),
+    among ``.pt`` / ``.safetensors`` files (hidden temp files ignored)."""
     _check_component(component)
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix in HEAD_SUFFIXES and component in p.name and "checkpoint" in p.name)
+
+
+def find_head_file(directory: str | os.PathLike, component: str) -> Path:
+    """The one head file of ``component`` in ``directory`` (``head_files``); 0 or ≥ 2 matches are errors."""
     directory = Path(directory)
-    found = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix in HEAD_SUFFIXES and component in p.name and "checkpoint" in p.name)
+    found = head_files(directory, component)
     if len(found) != 1:
         names = [p.name for p in found] or "none"
         raise ValueError(f"{directory}: need exactly one {component} checkpoint file (name containing "
@@ -255,17 +260,20 @@ def strip_ddp_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     return dict(state_dict)
 
 
-def load_head_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of one head file (``.pt`` safely, or ``.safetensors``), ``module.`` prefix stripped."""
+def read_head_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Tensors of one head file as stored (``.pt`` safely, or ``.safetensors``), keys untouched."""
     path = Path(path)
     if path.suffix == ".safetensors":
         f = SafetensorsFile(path)
-        sd = {k: f.get(k) for k in f.keys()}
-    elif path.suffix in (".pt", ".bin"):
-        sd = load_torch_state_dict(path)
-    else:
-        raise ValueError(f"{path}: head files are .pt or .safetensors")
-    return strip_ddp_prefix(sd)
+        return {k: f.get(k) for k in f.keys()}
+    if path.suffix in (".pt", ".bin"):
+        return load_torch_state_dict(path)
+    raise ValueError(f"{path}: head files are .pt or .safetensors")
+
+
+def load_head_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Tensors of one head file, ``module.`` prefix stripped."""
+    return strip_ddp_prefix(read_head_file(path))
 
 
 def load_head(path: str | os.PathLike, component: str, **expected_dims) -> tuple[dict, str | None]:
@@ -276,9 +284,14 @@ def load_head(path: str | os.PathLike, component: str, **expected_dims) -> tuple
     path = Path(path)
     if path.is_dir():
         path = find_head_file(path, component)
-    sd = load_head_state_dict(path)
-    kind = detect_head_kind(sd, str(path)) if component == "action_head" else None
-    return head_state_dict_to_params(component, sd, source=str(path), **expected_dims), kind
+    return head_from_state_dict(component, load_head_state_dict(path), str(path), **expected_dims)
+
+
+def head_from_state_dict(component: str, state_dict: Mapping[str, np.ndarray], source: str,
+                         **expected_dims) -> tuple[dict, str | None]:
+    """A (prefix-stripped) head state dict → (params, kind), as ``load_head``."""
+    kind = detect_head_kind(state_dict, source) if component == "action_head" else None
+    return head_state_dict_to_params(component, state_dict, source=source, **expected_dims), kind
 
 
 def save_head_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], *, fmt: str | None = None,

@@ -191,20 +191,14 @@ def _convert_heads(src: Path, config: DreamVLConfig) -> tuple[dict, dict]:
 
     params, info = {}, {}
     for component in head_io.COMPONENTS:
-        candidates = [p for p in src.iterdir() if p.is_file() and component in p.name and "checkpoint" in p.name
-                      and p.suffix in head_io.HEAD_SUFFIXES and not p.name.startswith(".")]
-        if not candidates:
+        if not head_io.head_files(src, component):
             continue
         path = head_io.find_head_file(src, component)  # refuses two candidates, naming them
-        params[component], kind = head_io.load_head(path, component, hidden_size=config.hidden_size)
-        if path.suffix == ".safetensors":
-            from conversion.safetensors_io import SafetensorsFile
-
-            raw_keys = SafetensorsFile(path).keys()
-        else:
-            raw_keys = head_io.load_torch_state_dict(path).keys()
-        ddp = all(k.startswith(head_io.DDP_PREFIX) for k in raw_keys)
-        info[component] = {"kind": kind, "file": path.name, "ddp_prefix": ddp}
+        raw = head_io.read_head_file(path)  # read once: keys as stored tell whether DDP's prefix was there
+        params[component], kind = head_io.head_from_state_dict(component, head_io.strip_ddp_prefix(raw), str(path),
+                                                               hidden_size=config.hidden_size)
+        info[component] = {"kind": kind, "file": path.name,
+                           "ddp_prefix": all(k.startswith(head_io.DDP_PREFIX) for k in raw)}
         log.info("head %s (%s) from %s", component, kind or "projector", path.name)
     return params, info
 

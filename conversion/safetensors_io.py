@@ -215,7 +215,8 @@ class StreamingWriter:
             if dtype not in DTYPE_NAMES:
                 raise SafetensorsError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
             nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
