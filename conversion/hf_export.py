@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from conversion.keymap import LINEAR, PATCH_EMBED, Row, from_canonical, rows_for
+from conversion.keymap import Row, from_canonical, hf_shape, rows_for
 from conversion.safetensors_io import StreamingWriter
 from dreamjax import checkpoint
 from dreamjax.models.config import DreamVLConfig
@@ -44,13 +44,6 @@ def _restore_leaf(ckpt, meta: dict, path: tuple[str, ...]) -> np.ndarray:
     for p in path:
         got = got[p]
     return np.asarray(got)
-
-
-def _hf_shape(row: Row, jax_shape: tuple[int, ...], config: DreamVLConfig) -> tuple[int, ...]:
-    if row.transform is PATCH_EMBED:
-        v = config.vision
-        return (v.embed_dim, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    return tuple(reversed(jax_shape)) if row.transform is LINEAR else tuple(jax_shape)
 
 
 def _tensors(config: DreamVLConfig, meta: dict, scanned: bool) -> Iterator[tuple[Row, str, tuple, int | None]]:
@@ -104,7 +97,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dr
     plan, shards, size = [], [[]], 0
     for row, name, path, layer in _tensors(config, meta, scanned):
         m = _leaf_meta(meta, path)
-        shape = _hf_shape(row, tuple(m.shape[1:] if layer is not None else m.shape), config)
+        shape = hf_shape(row, tuple(m.shape[1:] if layer is not None else m.shape), config)
         dt = np.dtype(dtype) if dtype else np.dtype(m.dtype)
         nbytes = math.prod(shape) * dt.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:

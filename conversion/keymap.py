@@ -207,15 +207,16 @@ def params_to_hf(params: Mapping, config: DreamVLConfig, hf_shapes: Mapping[str,
                 arr = np.asarray(_get(params, _scanned(row.path).split("/")))[i]
             else:
                 arr = np.asarray(_get(params, (row.path if i is None else row.path.replace("{i}", str(i))).split("/")))
-            shape = (hf_shapes or {}).get(hf_key) or hf_shape(row, arr, config)
+            shape = (hf_shapes or {}).get(hf_key) or hf_shape(row, arr.shape, config)
             yield from_canonical(hf_key, layout), row.transform.to_hf(arr, shape)
 
 
-def hf_shape(row: Row, arr: np.ndarray, config: DreamVLConfig) -> tuple[int, ...]:
+def hf_shape(row: Row, jax_shape: tuple[int, ...], config: DreamVLConfig) -> tuple[int, ...]:
+    """The HF tensor shape of one (per-layer) dreamjax param shape under ``row``'s transform."""
     if row.transform is PATCH_EMBED:
         v = config.vision
         return (v.embed_dim, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    return tuple(reversed(arr.shape)) if row.transform is LINEAR else tuple(arr.shape)
+    return tuple(reversed(jax_shape)) if row.transform is LINEAR else tuple(jax_shape)
 
 
 def _get(tree: Mapping, path: Iterable[str]):
