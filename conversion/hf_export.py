@@ -6,6 +6,10 @@ checkpoint's metadata alone; then params are restored one at a time (orbax parti
 tensor is streamed into its shard file, so about one param is in memory at a time. The output directory
 is built under a temporary name and renamed when complete. Tensors keep the checkpoint's dtype (bytes
 unchanged) unless ``dtype`` is given.
+
+A checkpoint with kept LoRA adapters (``convert --keep-lora``, ``conversion.lora_checkpoint``) exports merged
+by default (each adapted Linear as ``--merge-lora`` would have merged it on import, byte for byte); with
+``lora_adapter_out`` the base weights go out unmerged and the adapters as a peft adapter dir.
 """
 
 from __future__ import annotations
@@ -93,15 +97,34 @@ def _export_heads(ckpt, out_dir: Path) -> None:
                                ddp_prefix=info[component]["ddp_prefix"])
 
 
-def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dream", dtype: str | None = None,
-           max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> Path:
-    """Write the HF snapshot of a dreamjax checkpoint to ``out`` (``layout``: "dream" or "hf5" names)."""
+def export(ckpt: str | os.PathLike, out: str | os.PathLike | None, *, layout: str = "dream", dtype: str | None = None,
+           max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
+           lora_adapter_out: str | os.PathLike | None = None) -> Path:
+    """Write the HF snapshot of a dreamjax checkpoint to ``out`` (``layout``: "dream" or "hf5" names).
+
+    Kept LoRA adapters are merged in, unless ``lora_adapter_out`` is given: then they are written there as a peft
+    adapter dir (keys in the layout they were converted from) and ``out`` (optional then) gets the base unmerged.
+    Returns ``out`` (or ``lora_adapter_out`` when ``out`` is None)."""
+    from conversion import lora_checkpoint
+
     ckpt = checkpoint.resolve(ckpt)
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out is None and lora_adapter_out is None:
+        raise ValueError("export: give --out (the model) and/or --lora-adapter-out (kept LoRA adapters)")
+    for target in (out, lora_adapter_out):
+        if target is not None and Path(target).exists() and not overwrite:
+            raise FileExistsError(f"{Path(target).absolute()} exists; pass --overwrite to replace it")
     if layout not in ("dream", "hf5"):
         raise ValueError(f"layout {layout!r}: expected 'dream' (visual.*, model.*) or 'hf5' (model.language_model.*)")
+    kept = lora_checkpoint.KeptLora(ckpt) if lora_checkpoint.has_kept_lora(ckpt) else None
+    if lora_adapter_out is not None:
+        if kept is None:
+            raise ValueError(f"{ckpt}: --lora-adapter-out, but the checkpoint keeps no LoRA adapters (convert with "
+                             "--keep-lora ADAPTER_DIR to keep them)")
+        lora_checkpoint.write_adapter_dir(kept, lora_adapter_out, overwrite=overwrite)
+        if out is None:
+            return Path(lora_adapter_out).absolute()
+    merge = kept.canonical_modules() if kept is not None and lora_adapter_out is None else {}
+    out = Path(out).absolute()
     hf_config = checkpoint.load_config(ckpt)
     meta, scanned = checkpoint.params_metadata(ckpt)["params"], checkpoint.stored_scanned(ckpt)
     config = DreamVLConfig.from_hf_dict(hf_config, scan_layers=scanned)
@@ -117,7 +140,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dr
             shards.append([])
             size = 0
         shards[-1].append(len(plan))
-        plan.append((row, from_canonical(name, layout), path, layer, shape, dt))
+        plan.append((row, from_canonical(name, layout), path, layer, shape, dt, name))
         size += nbytes
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
@@ -133,13 +156,18 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dr
                                          metadata={"format": "pt"})
                 try:
                     for j in members:
-                        row, hf_name, path, layer, shape, dt = plan[j]
+                        row, hf_name, path, layer, shape, dt, canon = plan[j]
                         if path != leaf_path:  # one restore per param (a stacked param serves all its layers)
                             leaf_path, leaf, arr = path, None, None
                             checkpoint.release_host_memory()
                             leaf = _restore_leaf(ckpt, meta, path)
                         arr = leaf[layer] if layer is not None else leaf
-                        if not shape:
+                        module = canon.removesuffix(".weight")
+                        if row.transform is LINEAR and module in merge:  # a kept LoRA adapter, merged
+                            merged = lora_checkpoint.merged_hf_weight(row.transform.to_hf(arr, shape), module, merge,
+                                                                      kept.scaling)
+                            writer.write(hf_name, merged.astype(dt, copy=False))
+                        elif not shape:
                             writer.write(hf_name, arr.astype(dt, copy=False))
                         else:
                             writer.write_blocks(hf_name, _hf_row_blocks(row, arr, shape, dt))
@@ -158,7 +186,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, layout: str = "dr
             hf_config = dict(hf_config, torch_dtype=dtype)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         for f in checkpoint.assets_dir(ckpt).iterdir():
-            if f.is_file() and f.name not in (checkpoint.CONFIG_FILE, checkpoint.HEADS_FILE):
+            if f.is_file() and f.name not in (checkpoint.CONFIG_FILE, checkpoint.HEADS_FILE,
+                                              *lora_checkpoint.LORA_ASSETS):
                 shutil.copyfile(f, tmp / f.name)
         _export_heads(ckpt, tmp)
         if out.exists():

@@ -132,14 +132,19 @@ def plan(config: DreamVLConfig, keys: Iterable[str]) -> dict[tuple[str, ...], li
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=None, dtype: str | None = None,
             scan_layers: bool = False, overwrite: bool = False, group_bytes: int | None = None,
-            merge_lora: str | os.PathLike | None = None) -> Path:
+            merge_lora: str | os.PathLike | None = None, keep_lora: str | os.PathLike | None = None) -> Path:
     """Convert an HF snapshot dir (config.json + safetensors [+ tokenizer files, dataset_statistics.json])
     into a dreamjax checkpoint at ``out``.
 
     dtype: None keeps each tensor's stored dtype; "float32"/"bfloat16" converts. scan_layers: stack layers
     (the layout of scanned configs). mesh: target shardings (default: one device). group_bytes: arrays are
     handed to orbax in groups of about this size (default: the largest tensor), bounding peak memory.
+    merge_lora: a peft adapter dir merged into the weights. keep_lora: a peft adapter dir stored unmerged as
+    LoRA params beside them (``conversion.lora_checkpoint``; the adapter is small and read whole).
     """
+    if merge_lora is not None and keep_lora is not None:
+        raise ConversionError("--merge-lora and --keep-lora exclude each other: merge the adapter into the weights "
+                              "or keep it as LoRA params")
     src = Path(src)
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src}: no config.json (expected an HF snapshot directory)")
@@ -174,6 +179,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
 
         merged = make_merged(st.get, keys, load_adapter(merge_lora), source=str(src))
         log.info("merging LoRA %s into %d tensors", merge_lora, len(merged.merged))
+    lora_tree, lora_assets = None, {}
+    if keep_lora is not None:  # checked in full before anything is written
+        from conversion.lora import load_adapter
+        from conversion.lora_checkpoint import keep_adapter
+
+        adapter = load_adapter(keep_lora)
+        lora_tree, lora_assets = keep_adapter(adapter, config, kernel_shape=lambda p: flat_target[p].shape, dtype=dtype)
+        log.info("keeping LoRA %s as LoRA params (%d modules)", adapter.path, len(adapter.modules))
     largest = max(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
     group_bytes = group_bytes or largest // 2
     n_bytes = sum(math.prod(st.shape(k)) * st.dtype(k).itemsize for k in keys)
@@ -214,6 +227,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, mesh=None, rules=
         if heads:
             writer.write_heads(heads)
             assets[checkpoint.HEADS_FILE] = json.dumps(info, indent=2).encode()
+        if lora_tree is not None:
+            from conversion.lora_checkpoint import write_lora_item
+
+            write_lora_item(writer, lora_tree)
+            assets.update(lora_assets)
         if dtype:
             hf_config = dict(hf_config, torch_dtype=dtype)
         return writer.finish(hf_config, assets)

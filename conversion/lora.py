@@ -54,6 +54,11 @@ class LoraAdapter:
     target_modules: list[str] | str | None
     modules: Mapping[str, tuple[np.ndarray, np.ndarray]]
     config: Mapping
+    # as stored, so ``--keep-lora`` can write the same files back (``conversion.lora_checkpoint``)
+    config_bytes: bytes = b""
+    weights_file: str = ""
+    tensor_names: tuple[str, ...] = ()  # in file order
+    file_metadata: Mapping[str, str] | None = None  # the safetensors ``__metadata__`` (peft: {"format": "pt"})
 
     @property
     def scaling(self) -> float:
@@ -68,11 +73,13 @@ def load_adapter(path: str | os.PathLike) -> LoraAdapter:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a peft adapter dir)")
-    cfg = json.loads(cfg_path.read_text())
+    raw = cfg_path.read_bytes()
+    cfg = json.loads(raw)
     _check_config(cfg, cfg_path)
-    tensors = _read_weights(path)
+    weights, tensors, metadata = _read_weights(path)
     return LoraAdapter(path, int(cfg["r"]), float(cfg["lora_alpha"]), bool(cfg.get("use_rslora", False)),
-                       cfg.get("target_modules"), _pair_modules(tensors, int(cfg["r"]), path), cfg)
+                       cfg.get("target_modules"), _pair_modules(tensors, int(cfg["r"]), path), cfg, raw,
+                       weights.name, tuple(tensors), metadata)
 
 
 def _check_config(cfg: Mapping, where: Path) -> None:
@@ -83,22 +90,26 @@ def _check_config(cfg: Mapping, where: Path) -> None:
             raise ValueError(f"{where}: {field} must be a positive number, got {cfg.get(field)!r}")
     unsupported = {"use_dora": bool(cfg.get("use_dora")), "lora_bias": bool(cfg.get("lora_bias")),
                    "fan_in_fan_out": bool(cfg.get("fan_in_fan_out")), "rank_pattern": bool(cfg.get("rank_pattern")),
-                   "alpha_pattern": bool(cfg.get("alpha_pattern"))}
+                   "alpha_pattern": bool(cfg.get("alpha_pattern")),
+                   # full copies of modules / trained biases saved beside the adapters: not a LoRA update
+                   "modules_to_save": bool(cfg.get("modules_to_save")),
+                   "bias": cfg.get("bias", "none") not in (None, "none")}
     if any(unsupported.values()):
         raise ValueError(f"{where}: unsupported LoRA options {[k for k, v in unsupported.items() if v]} "
-                         "(plain LoRA with one r and lora_alpha only, as Dream-VLA trains)")
+                         "(plain LoRA with one r and lora_alpha only and bias 'none', as Dream-VLA trains)")
 
 
-def _read_weights(path: Path) -> dict[str, np.ndarray]:
+def _read_weights(path: Path) -> tuple[Path, dict[str, np.ndarray], dict | None]:
+    """(file, tensors in file order, safetensors ``__metadata__`` or None)."""
     for name in WEIGHT_NAMES:
         f = path / name
         if f.exists():
             if f.suffix == ".safetensors":
                 st = SafetensorsFile(f)
-                return {k: st.get(k) for k in st.keys()}
+                return f, {k: st.get(k) for k in st.keys()}, st.metadata or None
             from conversion.heads import load_torch_state_dict
 
-            return load_torch_state_dict(f)
+            return f, load_torch_state_dict(f), None
     raise FileNotFoundError(f"{path}: no adapter weights ({' or '.join(WEIGHT_NAMES)})")
 
 

@@ -5,8 +5,9 @@
   dreamjax generate --model PATH [--image IMG] --prompt TEXT [--max-new-tokens N --steps S --alg A]
   dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
   dreamjax convert  --from-hf DIR --out CKPT [--mesh data=1,fsdp=8,tensor=1] [--dtype D] [--scan-layers]
-                    [--merge-lora ADAPTER_DIR]
+                    [--merge-lora ADAPTER_DIR | --keep-lora ADAPTER_DIR]
   dreamjax export   --ckpt CKPT --out DIR [--layout dream|hf5] [--dtype D] [--max-shard-size 5GB]
+                    [--lora-adapter-out ADAPTER_DIR]
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def cmd_convert(args) -> int:
     from conversion.hf_import import convert
 
     out = convert(args.from_hf, args.out, mesh=_parse_mesh(args.mesh), dtype=args.dtype,
-                  scan_layers=args.scan_layers, overwrite=args.overwrite, merge_lora=args.merge_lora)
+                  scan_layers=args.scan_layers, overwrite=args.overwrite, merge_lora=args.merge_lora,
+                  keep_lora=args.keep_lora)
     print(out)
     return 0
 
@@ -150,7 +152,8 @@ def cmd_export(args) -> int:
     from conversion.hf_export import export
 
     out = export(args.ckpt, args.out, layout=args.layout, dtype=args.dtype,
-                 max_shard_bytes=_parse_size(args.max_shard_size), overwrite=args.overwrite)
+                 max_shard_bytes=_parse_size(args.max_shard_size), overwrite=args.overwrite,
+                 lora_adapter_out=args.lora_adapter_out)
     print(out)
     return 0
 
@@ -194,16 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="convert dtype (default: keep as stored)")
     p.add_argument("--scan-layers", action="store_true", help="store layers stacked (for scanned configs)")
     p.add_argument("--merge-lora", help="peft adapter dir to merge into the base weights while converting")
+    p.add_argument("--keep-lora", help="peft adapter dir to keep as LoRA params beside the unmerged base weights "
+                   "(train.init_from continues them; export merges them or writes them back as a peft dir)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_convert)
 
     p = sub.add_parser("export", help="dreamjax checkpoint → HF layout (sharded safetensors + index)")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="HF snapshot dir to write (optional with --lora-adapter-out)")
     p.add_argument("--layout", default="dream", choices=["dream", "hf5"],
                    help="tensor names: dream (visual.*, model.*: what Dream-VL-7B ships) or hf5 (transformers 5)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="convert dtype (default: keep as stored)")
     p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--lora-adapter-out", help="write kept LoRA adapters as a peft adapter dir here (and the base "
+                   "weights unmerged to --out); default: merged into the exported weights")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
     __import__("dreamjax.train.cli", fromlist=["register"]).register(sub)

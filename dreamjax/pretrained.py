@@ -59,13 +59,15 @@ class DreamVL:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", *, mesh=None, rules=None,
-                        scan_layers: bool | None = None, attention_impl: str = "xla") -> "DreamVL":
+                        scan_layers: bool | None = None, attention_impl: str = "xla",
+                        merge_lora: bool = True) -> "DreamVL":
         """Load an HF snapshot dir or a dreamjax checkpoint.
 
         dtype: param and compute dtype ("float32", or "bfloat16" for inference). mesh: place params with
         the rule table's shardings (``sharding.make_mesh``); default: the default device. scan_layers:
         None = as a dreamjax checkpoint stores them (unrolled for HF snapshots); a different choice
-        restacks the layers on the host.
+        restacks the layers on the host. merge_lora: a checkpoint converted with ``--keep-lora`` keeps its
+        peft adapters as LoRA params; they are merged into the loaded weights (False: the bare base).
         """
         path = Path(path)
         rules = sharding.rules_from_config(rules)
@@ -83,6 +85,10 @@ class DreamVL:
                 tensors = dict(params_to_hf(host, stored_cfg))
                 params = _place(hf_to_params(tensors, tensors.keys(), config, source=str(path)), config, mesh,
                                 rules, path)
+            from conversion.lora_checkpoint import merge_kept_lora  # `convert --keep-lora`: adapters merged here
+
+            if merge_lora:
+                params = merge_kept_lora(path, params, config)
             tok_dir = checkpoint.assets_dir(path)
         elif (path / "config.json").is_file():
             import json

@@ -111,8 +111,19 @@ def _load_init_from(path: str, plan, task, mesh, rules):
 
     config = task.model_config
     model = DreamVL.from_pretrained(path, dtype=config.param_dtype, mesh=mesh, rules=rules,
-                                    scan_layers=config.scan_layers)
+                                    scan_layers=config.scan_layers, merge_lora=False)  # kept LoRA: _kept_lora
     return model.params["params"]
+
+
+def _kept_lora(t, variables, task):
+    """LoRA adapters kept in the ``init_from`` checkpoint (``dreamjax convert --keep-lora``): continued when the run
+    trains LoRA (rank/alpha must match ``train.lora``), merged into the base otherwise; no-op when there are none."""
+    from conversion.lora_checkpoint import init_from_kept_lora
+    from dreamjax.train.lora_task import lora_config_from
+
+    spec = t.get("lora")
+    run_lora = lora_config_from(spec) if spec is not None and int(spec.get("rank", 0)) > 0 else None
+    return init_from_kept_lora(t.init_from, variables, run_lora, task.model_config)
 
 
 def train(cfg, workdir: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -153,6 +164,7 @@ def train(cfg, workdir: str | Path, *, resume: bool = False) -> dict[str, Any]:
             # merge, not replace: variables the checkpoint does not have (e.g. Dream-VLA heads on a Dream-VL
             # checkpoint) keep their fresh initialization
             state = state.replace(params={**state.params, "params": {**state.params["params"], **loaded}})
+            state = state.replace(params=_kept_lora(t, state.params, task))
             log.info("initialized params from %s", t.init_from)
 
     # ---- the step
