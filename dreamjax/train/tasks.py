@@ -103,6 +103,10 @@ def task_from_config(cfg) -> Task:
     else:
         raise ValueError(f"task.kind={kind!r}; expected one of {TASK_KINDS}")
     t = cfg.train
+    if t.get("vision_init_gain") is not None:
+        from dreamjax.train.image_path_init import with_image_path_gain
+
+        task = dataclasses.replace(task, init=with_image_path_gain(task.init, float(t.vision_init_gain)))
     preset = t.get("freeze", "none")
     fn = freeze.preset_mask_fn(preset, vit_trainable_from=t.get("vit_trainable_from", 16),
                                patterns=tuple(t.get("trainable_patterns") or ()))
