@@ -1,8 +1,10 @@
 """A toy image-question-answer task ("shapes") in the LLaVA conversation format, for learning demos and tests.
 
 Each image is a small canvas (default 56×56, one 2×2 merge window per 28×28 → 4 LLM image tokens) on a
-plain background with 1..``max_count`` shapes that all share one kind and one colour, so every question has
-a single one-word answer:
+plain mid-grey background (``BACKGROUND``, the CLIP mean colour: background patches normalize to ≈ 0) with
+1..``max_count`` shapes that all share one kind and one colour (each in its own cell of a 2×2 grid, i.e. its
+own 2×2 merge window at 56 px; ``jitter`` sets how far from the cell centre it may sit), so every question
+has a single one-word answer:
 
 * "What colour are the shapes?" → ``red`` / ``green`` / ``blue`` / ``yellow``
 * "What shape are they?"        → ``circle`` / ``square`` / ``triangle``
@@ -32,7 +34,13 @@ QUESTIONS = {
     "kind": "What shape are they?",
     "count": "How many shapes are there?",
 }
-BACKGROUND = (245, 245, 240)
+# Mid grey = the CLIP mean colour the image processor subtracts, so a background patch normalizes to ≈ 0.
+# (A near-white background normalizes to ≈ +1.8 in every one of the 1176 values of a patch; with such
+# uncentered input, Adam's per-coordinate steps grow the bias-free patch embedding along the mean patch by
+# ≈ lr·‖x‖₁ per step, and the LayerNorms after it then squash the image-specific part: measured on the
+# tiny demo model, patch-embedding norm 6 → 113 in 25 steps while the spread between images only 2 → 23.)
+BACKGROUND = (123, 117, 104)
+SHAPE_SCALE = (0.45, 0.8)  # side of a shape, as fractions of its grid cell
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
@@ -47,24 +55,31 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
         raise ValueError(f"unknown shape kind {kind!r}; expected one of {KINDS}")
 
 
-def render_shapes(kind: str, colour: str, count: int, rng: np.random.Generator, size: int = 56) -> Image.Image:
+def render_shapes(kind: str, colour: str, count: int, rng: np.random.Generator, size: int = 56, *,
+                  scale: tuple[float, float] = SHAPE_SCALE, background: tuple[int, int, int] = BACKGROUND,
+                  jitter: float = 1.0) -> Image.Image:
     """An RGB ``size``×``size`` image with ``count`` non-overlapping ``colour`` ``kind`` shapes.
 
-    Shapes sit in distinct cells of a 2×2 grid (so ``count`` ≤ 4), each with a random size (45–80 % of the
-    cell) and a random offset inside its cell.
+    Shapes sit in distinct cells of a 2×2 grid (so ``count`` ≤ 4), each with a random side in ``scale``
+    (fractions of the cell) and an offset inside its cell: centred, plus a uniform random shift over
+    ``jitter`` × the free space (1: anywhere inside the cell, 0: always centred).
     """
     if colour not in COLOURS:
         raise ValueError(f"unknown colour {colour!r}; expected one of {sorted(COLOURS)}")
     if not 1 <= count <= 4:
         raise ValueError(f"count must be in 1..4 (cells of a 2×2 grid), got {count}")
-    image = Image.new("RGB", (size, size), BACKGROUND)
+    if not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(f"scale must be (low, high) with 0 < low ≤ high ≤ 1 (fractions of a cell), got {scale}")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"jitter must be in [0, 1] (fraction of a cell's free space), got {jitter}")
+    image = Image.new("RGB", (size, size), tuple(background))
     draw = ImageDraw.Draw(image)
     cell = size // 2
     for c in rng.permutation(4)[:count]:
         cy, cx = divmod(int(c), 2)
-        side = int(rng.integers(int(0.45 * cell), int(0.8 * cell) + 1))
-        ox = int(rng.integers(0, cell - side + 1))
-        oy = int(rng.integers(0, cell - side + 1))
+        side = int(rng.integers(max(1, int(scale[0] * cell)), int(scale[1] * cell) + 1))
+        free = cell - side
+        ox, oy = (int(round(free / 2 + jitter * (u - 0.5) * free)) for u in rng.random(2))
         x0, y0 = cx * cell + ox, cy * cell + oy
         _draw_shape(draw, kind, (x0, y0, x0 + side - 1, y0 + side - 1), COLOURS[colour])
     return image
@@ -79,7 +94,9 @@ def sample_record(rng: np.random.Generator, max_count: int = 3) -> tuple[dict, s
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, size: int = 56,
-                         max_count: int = 3, json_name: str = "data.json") -> Path:
+                         max_count: int = 3, scale: tuple[float, float] = SHAPE_SCALE,
+                         background: tuple[int, int, int] = BACKGROUND, jitter: float = 1.0,
+                         json_name: str = "data.json") -> Path:
     """Render ``n`` samples into ``out_dir`` (``images/*.png`` + ``json_name``); returns the JSON path.
 
     Deterministic: the same (n, seed, size, max_count) give byte-identical files. The JSON is written to a
@@ -95,7 +112,8 @@ def write_shapes_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, s
     records = []
     for i in range(n):
         scene, answer = sample_record(rng, max_count)
-        image = render_shapes(scene["kind"], scene["colour"], scene["count"], rng, size)
+        image = render_shapes(scene["kind"], scene["colour"], scene["count"], rng, size, scale=tuple(scale),
+                              background=tuple(background), jitter=jitter)
         rel = f"images/{i:05d}.png"
         image.save(out / rel, format="PNG")
         records.append({
