@@ -14,6 +14,14 @@ Shapes: a canvas of 8192 tokens (the reference's model_max_length); one image ro
 tokens per image; raise row_len and max_pixels together for that). Batch: 32 samples per optimizer step in
 8 micro-batches of 4 (one per chip on v5p-8); scale batch_size with the slice and keep batch_size/grad_accum
 a multiple of the data-parallel ways. Mesh: FSDP over every chip.
+
+Per slice (``--compile-only``, numbers in benchmarks/README.md), one sample per chip per micro-batch:
+v5p-8 ``grad_accum=8`` (peak 54.9 GiB of 95), v5p-16 ``grad_accum=4`` (35.4 GiB), v4-32 ``grad_accum=2``
+(29.0 of 32 GiB). v5e-16 (16 GiB) does not fit: with XLA attention at canvas 8192 the step needs 26.8 GiB of
+temporaries per chip, mostly the S² attention scores and the fp32 logits (16.1 GiB with ``mesh.fsdp=4,
+mesh.tensor=4``); it fits (13.0 GiB) with canvas_length = row_len = 4096, max_pixels 802816 and that mesh. Both towers stay scanned with full remat per
+layer (``dream_vl_7b``); the TPU compile takes ~5 CPU-minutes (libtpu's per-kernel backend, not the layers:
+an unrolled 28-layer decoder compiled ~4x slower in the AOT study).
 """
 
 import ml_collections

@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
         report = compile_only(cfg, args.topology)
         print(format_report(report))
         print(json.dumps(report))
-        return 0
+        return 1 if report.get("fits") is False else 0  # does not fit the chip's HBM: a failing check
     if not args.workdir:
         raise ValueError("dreamjax train: --workdir is required (where checkpoints and metrics go)")
     from dreamjax.train.distributed import initialize
