@@ -1,6 +1,6 @@
 """The ``dreamjax`` command. Subcommands grow with the project:
 
-  dreamjax demo     [--out DIR]                     the embedded default (runs on one CPU)
+  dreamjax demo     [--out DIR] [--quick]           the embedded default (runs on one CPU)
   dreamjax forward  --model PATH [--image IMG] --prompt TEXT    one forward pass; prints top next tokens
   dreamjax generate --model PATH [--image IMG] --prompt TEXT [--max-new-tokens N --steps S --alg A]
   dreamjax info     --config CONFIG [--config.x=y]  parameter counts of a config (no allocation)
@@ -28,7 +28,7 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_demo(args) -> int:
     from dreamjax import demo
 
-    print(json.dumps(demo.run(args.out, seed=args.seed), indent=2))
+    print(json.dumps(demo.main(args), indent=2))
     return 0
 
 
@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the embedded default: tokenizer + image + template + tiny model end to end")
-    p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the embedded default: Meta-World experts → RLDS → train a tiny Dream-VLA → "
+                       "closed-loop eval → report")
+    from dreamjax.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("forward", help="one forward pass of a checkpoint on an image + prompt")

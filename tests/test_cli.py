@@ -22,8 +22,10 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert cmds[1] in ci.splitlines(), "the README's test command must be the one .ci/run runs"
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+def test_smoke_demo_runs_end_to_end(tmp_path, capsys):
+    """``dreamjax demo --smoke``: the inference-only path (tokenizer, processor, template, checkpoint, generate);
+    the main job itself (`dreamjax demo`, Meta-World) is tests/test_demo.py."""
+    assert cli.main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
     summary = json.loads(capsys.readouterr().out)
     # 224x160 is below the Dream-VLA minimum of 50176 px: scaled by sqrt(50176/35840) and rounded up to
     # multiples of 28 -> 196x280 -> a (1, 14, 20) grid of 14-px patches, 70 LLM tokens

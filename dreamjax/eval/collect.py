@@ -79,32 +79,50 @@ def expert_episode(sim, policy, episode) -> tuple[dict, bool]:
         last = i == n - 1
         s.update(is_first=i == 0, is_last=last, is_terminal=last and success,
                  reward=np.float32(last and success), discount=np.float32(1.0))
-    meta = dict(file_path=f"metaworld:{episode.task_name}:init_{episode.init_index}", task=episode.task_name,
+    where = f"seed_{sim.seed}:" if getattr(sim, "seed", 0) else ""  # MT1 seed 0: the name it always had
+    meta = dict(file_path=f"metaworld:{episode.task_name}:{where}init_{episode.init_index}", task=episode.task_name,
                 init_index=np.int32(episode.init_index), success=success)
     return dict(steps=steps, episode_metadata=meta), success
 
 
 def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_dir: str | os.PathLike, *,
                            name: str = DATASET_NAME, version: str = DATASET_VERSION, image_size: int = 128,
-                           max_steps: int = 200, env_seed: int = 0, first_init: int = 0, camera: str = "corner2",
+                           max_steps: int = 200, env_seed: int | Sequence[int] = 0, first_init: int = 0,
+                           camera: str = "corner2",
                            only_successful: bool = True, file_format: str = "tfrecord", overwrite: bool = False,
-                           fast_render: bool = False) -> tuple[Path, dict]:
-    """Collect and write ``data_dir/name/version/``; returns (that directory, stats per task)."""
+                           fast_render: bool = False, goal_marker_radius: float | None = None) -> tuple[Path, dict]:
+    """Collect and write ``data_dir/name/version/``; returns (that directory, stats per task).
+
+    ``env_seed``: the ``metaworld.MT1`` seed whose 50 placements per task are recorded (``first_init`` …), or a
+    list of seeds — then ``episodes_per_task`` may exceed 50 and the placements of the next seed follow when
+    one seed's are used up (more distinct goals and object positions than one MT1 draw holds)."""
     from dreamjax.data.rlds.writer import write_rlds_dataset
     from dreamjax.eval.metaworld_sim import NUM_INIT_STATES, MetaWorldSim
 
     final = Path(data_dir) / name / version
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists (pass overwrite=True / --overwrite to replace it)")
-    sim = MetaWorldSim(tasks, seed=env_seed, max_steps=max_steps, image_size=image_size, camera=camera,
-                       fast_render=fast_render)
-    plan = plan_episodes("metaworld", sim.task_names(), episodes_per_task, first_init=first_init,
-                         num_init_states=[NUM_INIT_STATES] * len(tasks))
+    seeds = [int(env_seed)] if isinstance(env_seed, (int, np.integer)) else [int(x) for x in env_seed]
+    blocks, left, start = [], episodes_per_task, first_init  # (seed, first placement, count)
+    for seed in seeds:
+        if left <= 0:
+            break
+        n = min(left, NUM_INIT_STATES - start)
+        if n > 0:
+            blocks.append((seed, start, n))
+        left, start = left - max(n, 0), 0
+    if left > 0:
+        raise ValueError(f"{episodes_per_task} episodes per task from placement {first_init} need more than the "
+                         f"{NUM_INIT_STATES} placements per MT1 seed of env_seed={env_seed}: give more seeds")
+    sims = {seed: MetaWorldSim(tasks, seed=seed, max_steps=max_steps, image_size=image_size, camera=camera,
+                               fast_render=fast_render, goal_marker_radius=goal_marker_radius) for seed, _, _ in blocks}
+    plan = [(sims[seed], ep) for seed, first, n in blocks for ep in plan_episodes(
+        "metaworld", list(tasks), n, first_init=first, num_init_states=[NUM_INIT_STATES] * len(tasks))]
     policy = MetaWorldExpertPolicy()
     episodes, stats = [], {t: dict(episodes=0, successes=0, steps=0) for t in tasks}
     t0 = time.perf_counter()
     try:
-        for i, ep in enumerate(plan):
+        for i, (sim, ep) in enumerate(plan):
             rlds_episode, success = expert_episode(sim, policy, ep)
             s = stats[ep.task_name]
             s["episodes"] += 1
@@ -112,11 +130,12 @@ def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_di
             if success or not only_successful:
                 episodes.append(rlds_episode)
                 s["steps"] += len(rlds_episode["steps"])
-            log.info("[collect %d/%d] %s init %d: %s in %d steps (%.0fs so far)", i + 1, len(plan), ep.task_name,
-                     ep.init_index, "success" if success else "FAILED", len(rlds_episode["steps"]),
+            log.info("[collect %d/%d] %s seed %d init %d: %s in %d steps (%.0fs so far)", i + 1, len(plan),
+                     ep.task_name, sim.seed, ep.init_index, "success" if success else "FAILED", len(rlds_episode["steps"]),
                      time.perf_counter() - t0)
     finally:
-        sim.close()
+        for sim in sims.values():
+            sim.close()
     if not episodes:
         raise RuntimeError(f"the expert finished none of {len(plan)} episodes within {max_steps} steps")
     path = write_rlds_dataset(data_dir, name, version, metaworld_features(image_size), episodes,

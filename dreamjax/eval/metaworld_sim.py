@@ -11,6 +11,11 @@ bottom-up, so they are flipped to upright), ``proprio`` = hand position (3) + gr
 ``fast_render=True`` turns off shadows and reflections (``model.light_castshadow``, ``model.mat_reflectance``):
 the same scene with flatter lighting, ~4-7× cheaper to render with software OpenGL (llvmpipe) — use it for
 collection and evaluation alike (the embedded demo does), never for one and not the other.
+
+``goal_marker_radius`` redraws the goal marker (the ``goal`` site: a 2 cm sphere, rendering only — sites take
+no part in the physics or in ``info["success"]``) at that radius. At 84 px a 2 cm sphere is one or two pixels,
+next to a robot of the same red; the embedded demo draws it at 5 cm, the success radius of reach and push, so
+the marker shows the region the hand (or puck) must enter. Same rule as ``fast_render``: both or neither.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class MetaWorldSim:
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, max_steps: int = DEFAULT_MAX_STEPS,
                  image_size: int = 224, camera: str = "corner2", render: bool = True, suite: str = "metaworld",
-                 fast_render: bool = False):
+                 fast_render: bool = False, goal_marker_radius: float | None = None):
         metaworld = import_metaworld()
         unknown = [t for t in tasks if t not in metaworld.ALL_V3_ENVIRONMENTS]
         if unknown:
@@ -69,6 +74,9 @@ class MetaWorldSim:
             raise ValueError(f"max_steps {max_steps}: Meta-World episodes are at most 500 steps")
         self.suite, self.seed, self._max_steps = suite, seed, max_steps
         self.image_size, self.camera, self.render, self.fast_render = image_size, camera, render, fast_render
+        if goal_marker_radius is not None and not 0 < goal_marker_radius <= 0.2:
+            raise ValueError(f"goal_marker_radius {goal_marker_radius}: expected metres in (0, 0.2]")
+        self.goal_marker_radius = goal_marker_radius
         self._tasks = list(tasks)
         self._benchmarks: dict = {}
         self._envs: dict = {}
@@ -94,6 +102,13 @@ class MetaWorldSim:
             if self.fast_render:
                 env.model.light_castshadow[:] = 0
                 env.model.mat_reflectance[:] = 0
+            if self.goal_marker_radius is not None:
+                import mujoco
+
+                goal = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+                if goal < 0:
+                    raise ValueError(f"{name}: no 'goal' site to draw at goal_marker_radius")
+                env.model.site_size[goal] = self.goal_marker_radius
             self._envs[name] = env
         return self._envs[name]
 

@@ -129,6 +129,9 @@ _add("bc_z", "image", None, None, ("present/xyz", "present/axis_angle", None, "p
 _add("fmb_dataset", "image_side_1", "image_side_2", "image_wrist_1", ("proprio",), S.POS_EULER, standardize="fmb",
      depth=("image_side_1_depth", "image_side_2_depth", "image_wrist_1_depth"))
 _add("dobbe", "wrist_image", None, None, ("proprio",), S.POS_EULER)
+# dreamjax's own Meta-World scripted-expert demonstrations (dreamjax.eval.collect, the embedded demo):
+# proprio = hand xyz + gripper opening (4-d, no OXE state encoding); actions padded to 7-d EEF_POS (transforms)
+_add("metaworld_expert", "image", None, None, ("state",), S.NONE, standardize="metaworld_expert")
 
 OXE_DATASET_CONFIGS: dict[str, OXEDatasetConfig] = {c.name: c for c in _CONFIGS}
 

@@ -330,6 +330,33 @@ def dobbe(traj):
     return traj
 
 
+def metaworld_expert(traj):
+    """dreamjax's Meta-World expert data (``dreamjax.eval.collect``; no reference counterpart).
+
+    Meta-World actions are 4-d: (Δx, Δy, Δz, g) in [−1, 1] with g = +1 closing the gripper. They become the
+    7-d EEF_POS layout every OXE dataset uses — Δxyz, zero Δroll-pitch-yaw, gripper +1 open / 0 closed
+    (``(1 − g) / 2``) — so the standard EEF_POS normalization mask applies (Δxyz normalized, the constant-zero
+    rotation normalized to 0, the gripper left raw). :func:`metaworld_action_from_eef_pos` maps a predicted
+    7-d action back to Meta-World's 4-d one. ``observation/state`` (hand xyz + gripper opening) is the proprio.
+    """
+    a = np.asarray(traj["action"], np.float32)
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"metaworld_expert: steps/action has shape {a.shape}; expected [T, 4] (dx, dy, dz, gripper)")
+    gripper_open = (1.0 - np.clip(a[:, 3:4], -1.0, 1.0)) / 2.0
+    traj["action"] = _cat(a[:, :3], np.zeros((len(a), 3), np.float32), gripper_open)
+    return traj
+
+
+def metaworld_action_from_eef_pos(actions: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`metaworld_expert` on actions: [..., 7] EEF_POS (gripper +1 open / 0 closed) → [..., 4]
+    Meta-World (Δx, Δy, Δz, g ∈ [−1, 1], +1 = close); the rotation entries are dropped."""
+    actions = np.asarray(actions, np.float32)
+    if actions.shape[-1] != 7:
+        raise ValueError(f"expected 7-d EEF_POS actions, got shape {actions.shape}")
+    g = 1.0 - 2.0 * actions[..., 6:7]
+    return np.concatenate([actions[..., :3], np.clip(g, -1.0, 1.0)], axis=-1)
+
+
 STANDARDIZATION_TRANSFORMS: dict[str, Callable[[dict], dict]] = {
     "libero": libero, "bridge_orig": bridge_orig, "bridge_oxe": bridge_oxe, "rt1": rt1, "kuka": kuka,
     "taco_play": taco_play, "jaco_play": jaco_play, "berkeley_cable_routing": berkeley_cable_routing,
@@ -341,5 +368,5 @@ STANDARDIZATION_TRANSFORMS: dict[str, Callable[[dict], dict]] = {
     "berkeley_fanuc_manipulation": berkeley_fanuc_manipulation, "cmu_stretch": cmu_stretch,
     "maniskill": maniskill, "drop_last_action_dim": drop_last_action_dim,
     "kaist_nonprehensile": kaist_nonprehensile, "robocook": robocook, "playfusion": playfusion,
-    "bc_z": bc_z, "fmb": fmb, "dobbe": dobbe,
+    "bc_z": bc_z, "fmb": fmb, "dobbe": dobbe, "metaworld_expert": metaworld_expert,
 }
