@@ -35,7 +35,7 @@ def cmd_demo(args) -> int:
 def cmd_forward(args) -> int:
     import numpy as np
 
-    from dreamjax.demo import token_label
+    from dreamjax.smoke import token_label
     from dreamjax.pretrained import DreamVL
 
     model = DreamVL.from_pretrained(args.model, dtype=args.dtype)

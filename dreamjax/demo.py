@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamjax.smoke import token_label  # noqa: F401  (re-exported: `dreamjax forward` labels tokens with it)
+from dreamjax.eval.store import file_written_atomically, write_atomic
 
 log = logging.getLogger("dreamjax.demo")
 CONFIG = "dream_vla_metaworld_demo"
@@ -203,7 +203,12 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> Path:
     if not points:
         raise ValueError(f"{path}: no loss values to plot")
     steps, losses = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    with file_written_atomically(path, suffix=".png") as tmp:
+        _plot_loss_file(steps, losses, tmp, title)
+    return path
+
+
+def _plot_loss_file(steps, losses, tmp: Path, title: str) -> None:
     try:
         import matplotlib
 
@@ -220,8 +225,6 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> Path:
         plt.close(fig)
     except ImportError:
         _plot_loss_pil(steps, losses, tmp, title)
-    os.replace(tmp, path)
-    return path
 
 
 def _plot_loss_pil(steps, losses, path: Path, title: str) -> None:
@@ -270,8 +273,6 @@ def success_table(tasks_summary: list[dict], demos: dict) -> str:
 
 def write_report(out: Path, s: DemoSettings, summary: dict, times: dict, demos: dict, losses, cfg,
                  rollouts: list[Path], load: tuple) -> Path:
-    from dreamjax.eval.store import write_atomic
-
     stage_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in times.items())
     m, v, t = cfg.model, cfg.vla, cfg.train
     settings = (f"tasks {', '.join(s.tasks)}; {s.episodes} expert episodes per task recorded (placements of MT1 "
@@ -384,8 +385,6 @@ def run(out_dir: str | Path, settings: DemoSettings = DemoSettings()) -> dict:
         expert_demos=demos, stage_seconds={k: round(v, 1) for k, v in times.items()}, total_seconds=round(total, 1),
         final_loss=losses[-1][1], settings=dataclasses.asdict(s), report=str(report),
         load_average=list(os.getloadavg()))
-    from dreamjax.eval.store import write_atomic
-
     write_atomic(out / "summary.json", json.dumps(result_doc, indent=1))
     log.info("[5/5 report] %s (total %.0fs)", report, total)
     return result_doc

@@ -102,15 +102,16 @@ def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_di
     final = Path(data_dir) / name / version
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists (pass overwrite=True / --overwrite to replace it)")
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     seeds = [int(env_seed)] if isinstance(env_seed, (int, np.integer)) else [int(x) for x in env_seed]
     blocks, left, start = [], episodes_per_task, first_init  # (seed, first placement, count)
     for seed in seeds:
-        if left <= 0:
-            break
         n = min(left, NUM_INIT_STATES - start)
         if n > 0:
             blocks.append((seed, start, n))
-        left, start = left - max(n, 0), 0
+            left -= n
+        start = 0
     if left > 0:
         raise ValueError(f"{episodes_per_task} episodes per task from placement {first_init} need more than the "
                          f"{NUM_INIT_STATES} placements per MT1 seed of env_seed={env_seed}: give more seeds")
