@@ -13,24 +13,32 @@ augmentation of a sample does not depend on batch composition, device count or i
 restored data iterator yields identically augmented batches. (The host path draws from numpy with the same
 identity; the two paths have the same distribution, not the same values.)
 
-How the train loop uses it (``VLADataConfig(augment="device")``): the pipeline yields un-augmented frames plus
-``augment_seed`` [B, 2] and ``image_mask`` [B, n_cam]; with the Dream-VLA layout as ``sample_fn`` both ride
-along beside ``pixel_values``. Inside the jitted train step, before the model::
+How training uses it (``data.augment="device"``, optionally ``data.resize="device"``; wired by
+``dreamjax.vla.task`` and :class:`StepImages`): the pipeline yields un-augmented frames plus ``augment_seed``
+[B, 2] and ``image_mask`` [B, n_cam]; the Dream-VLA layout (``sample_fn``) lets both ride along beside
+``pixel_values``. They are ordinary batch keys of the task, so the loop shards them on the batch axis like
+every other key and the multi-host assembly (``dreamjax.train.data.global_batch``) carries them. Inside the
+jitted train step, before the model, the task's loss calls :meth:`StepImages.model_batch`, which is::
 
     pixel_values = device_augment.augment_pixel_values(
         batch["pixel_values"], batch["augment_seed"], batch["image_mask"], grid_side=layout.grid_side)
 
 (:func:`augment_images` is the same on uint8 images [B, n_cam, H, W, 3].) With ``resize="device"`` as well,
-the host only decodes: frames keep their stored size (one size per mixture), the layout must pass the uint8
-``images`` through instead of computing ``pixel_values`` (a change on the layout side), and the step builds
-the ViT input with :func:`pixel_values_from_images` (resize → augment → normalize → patchify). The functions
-are jitted (static: sizes and ``correlated``) and nest inside the step's jit. Everything is per sample, so it
-shards with the batch axis. ``augment_seed`` and ``image_mask`` are data-only keys: the model never sees them.
+the host only decodes: frames keep their stored size (one size per mixture), the layout passes the uint8
+``images`` through instead of computing ``pixel_values`` (``layout_sample(..., device_images=True)``), and the
+step builds the ViT input with :func:`pixel_values_from_images` (resize → augment → normalize → patchify). The
+functions are jitted (static: sizes and ``correlated``) and nest inside the step's jit. Everything is per
+sample, so it shards with the batch axis and splits into gradient-accumulation micro-batches unchanged.
+``augment_seed``, ``image_mask`` and ``images`` are data-only keys: the model never sees them. Evaluation and
+``predict_action`` never augment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +46,10 @@ import numpy as np
 
 from dreamjax.data import frame_transforms as ft
 from dreamjax.data.image_processor import CLIP_MEAN, CLIP_STD
+from dreamjax.data.vla_decode import DEVICE_AUGMENT_KEYS
+
+if TYPE_CHECKING:
+    from dreamjax.data.vla_layout import VLALayout
 
 
 @functools.partial(jax.jit, static_argnames=("num_cameras", "correlated"))
@@ -147,9 +159,11 @@ def resize_lanczos3(images: jax.Array, size: int) -> jax.Array:
     return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "row_len", "correlated"))
+@functools.partial(jax.jit, static_argnames=("size", "row_len", "correlated", "patch_size", "merge_size",
+                                             "temporal_patch_size"))
 def pixel_values_from_images(images: jax.Array, seeds: jax.Array | None, image_mask: jax.Array | None, *,
-                             size: int, row_len: int, correlated: bool = False) -> jax.Array:
+                             size: int, row_len: int, correlated: bool = False, patch_size: int = 14,
+                             merge_size: int = 2, temporal_patch_size: int = 2) -> jax.Array:
     """The whole image path on device: uint8 [B, n_img, H, W, 3] as decoded (``VLADataConfig(resize="device")``)
     → resize to ``size`` → augment (``seeds`` None: no augmentation) → normalized pixel rows
     [B·n_img, row_len, 1176] in ``vla_layout.collate``'s order. Padding cameras stay zeros (black), as the host
@@ -157,7 +171,8 @@ def pixel_values_from_images(images: jax.Array, seeds: jax.Array | None, image_m
     resized = resize_lanczos3(images, size)
     if seeds is not None:
         resized = augment_images(resized, seeds, image_mask, correlated=correlated)
-    return images_to_pixel_rows(resized.reshape(-1, *resized.shape[2:]), row_len)
+    return images_to_pixel_rows(resized.reshape(-1, *resized.shape[2:]), row_len, patch_size=patch_size,
+                                merge_size=merge_size, temporal_patch_size=temporal_patch_size)
 
 
 def _patch_geometry(patch_dim: int, grid_side: int, patch_size: int, merge_size: int, temporal_patch_size: int):
@@ -223,3 +238,79 @@ def augment_pixel_values(pixel_values: jax.Array, seeds: jax.Array, image_mask: 
 def seeds_for(identities) -> np.ndarray:
     """Host helper: identities (tuples of ints) → uint32 [n, 2] seeds (:func:`frame_transforms.augment_seed`)."""
     return np.stack([ft.augment_seed(i) for i in identities])
+
+
+@dataclasses.dataclass(frozen=True)
+class StepImages:
+    """What the train step does to a Dream-VLA batch's images before the model, when the data config says
+    ``augment="device"`` and/or ``resize="device"`` (built by ``dreamjax.vla.task`` from ``cfg.data``).
+
+    layout: the sample layout (image size, patch geometry). augment: augment with the batch's
+    ``augment_seed`` / ``image_mask``. resize: the batch carries the decoded uint8 ``images`` [B, n_img, H, W, 3]
+    at their stored size in place of ``pixel_values`` (``vla_layout.layout_sample(..., device_images=True)``).
+    correlated: the reference's coupled augmentation values (``augment_correlated``). stored_size: (H, W) of
+    the stored frames if the config names it (``data.stored_image_size``): ``--compile-only`` builds its abstract
+    batch from it, and a traced batch of another size is refused.
+
+    The data-only keys (``augment_seed``, ``image_mask``, ``images``) are part of the batch the loop shards
+    and assembles (:meth:`batch_keys`); :meth:`model_batch` turns them into ``pixel_values`` and drops them,
+    so the model never sees them.
+    """
+
+    layout: VLALayout
+    augment: bool = False
+    resize: bool = False
+    correlated: bool = False
+    stored_size: tuple[int, int] | None = None
+
+    def batch_keys(self, model_keys: tuple[str, ...]) -> tuple[str, ...]:
+        """The keys the data pipeline delivers for a model reading ``model_keys``."""
+        keys = tuple("images" if k == "pixel_values" and self.resize else k for k in model_keys)
+        return keys + (DEVICE_AUGMENT_KEYS if self.augment else ())
+
+    def batch_shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """{key: (shape, dtype)} of the data-only keys of a batch of ``batch_size`` samples."""
+        n = self.layout.num_images
+        out: dict[str, tuple[tuple[int, ...], Any]] = {}
+        if self.augment:
+            out.update(augment_seed=((batch_size, 2), jnp.uint32), image_mask=((batch_size, n), jnp.bool_))
+        if self.resize:
+            if self.stored_size is None:
+                raise ValueError("data.resize='device': the batch shapes need data.stored_image_size (the frames' "
+                                 "size on disk, e.g. 256 for LIBERO); --compile-only builds the batch without "
+                                 "reading data")
+            out["images"] = ((batch_size, n, *self.stored_size, 3), jnp.uint8)
+        return out
+
+    def model_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Batch shapes → the shapes the model sees (``images`` → ``pixel_values``; data-only keys dropped)."""
+        out = {k: v for k, v in shapes.items() if k not in ("images", *DEVICE_AUGMENT_KEYS)}
+        if self.resize and "images" in shapes:
+            lay = self.layout
+            out["pixel_values"] = (shapes["images"][0] * shapes["images"][1], lay.row_len, lay.patch_dim)
+        return out
+
+    def model_batch(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """The batch the model sees: ``pixel_values`` made on device (resize → augment → normalize → patchify,
+        or augment of the host-made ``pixel_values``), data-only keys dropped. Call it inside the jitted step."""
+        lay = self.layout
+        geometry = dict(patch_size=lay.patch_size, merge_size=lay.merge_size,
+                        temporal_patch_size=lay.temporal_patch_size)
+        seeds = batch["augment_seed"] if self.augment else None
+        mask = batch["image_mask"] if self.augment else None
+        out = {k: v for k, v in batch.items() if k not in ("images", *DEVICE_AUGMENT_KEYS)}
+        if self.resize:
+            images = batch["images"]
+            if images.ndim != 5 or images.shape[1] != lay.num_images or images.shape[-1] != 3:
+                raise ValueError(f"batch['images'] must be uint8 [B, {lay.num_images}, H, W, 3] (resize='device'), "
+                                 f"got {images.dtype} {list(images.shape)}")
+            if self.stored_size is not None and tuple(images.shape[2:4]) != tuple(self.stored_size):
+                raise ValueError(f"batch['images'] are {images.shape[2]}×{images.shape[3]} but "
+                                 f"data.stored_image_size is {self.stored_size[0]}×{self.stored_size[1]}")
+            out["pixel_values"] = pixel_values_from_images(images, seeds, mask, size=lay.image_size,
+                                                           row_len=lay.row_len, correlated=self.correlated,
+                                                           **geometry)
+        elif self.augment:
+            out["pixel_values"] = augment_pixel_values(batch["pixel_values"], seeds, mask, grid_side=lay.grid_side,
+                                                       correlated=self.correlated, **geometry)
+        return out

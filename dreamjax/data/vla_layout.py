@@ -26,8 +26,10 @@ becomes one fixed-shape sample. Token layout (``n_prefix`` reserved slots first,
 Output of :func:`layout_sample` (numpy, fixed shapes): ``input_ids``, ``attention_mask`` [S] int32,
 ``labels`` [S] int32 (only with actions), ``action_start`` [] int32, ``pixel_values`` [n_img, L, 1176] float32,
 ``patch_positions`` [n_img, L, 2] int32, ``patch_segment_ids`` [n_img, L] int32, ``proprio`` [P] float32,
-``actions`` [C, A] float32 (only with actions). :func:`collate` stacks samples and concatenates the image rows
-in batch order (``[B·n_img, L, …]``), the order the model splices features in.
+``actions`` [C, A] float32 (only with actions); with ``device_images=True`` (``resize="device"``) ``images``
+uint8 [n_img, H, W, 3] at the stored size in place of ``pixel_values``. :func:`collate` stacks samples and
+concatenates the image rows in batch order (``[B·n_img, L, …]``), the order the model splices features in
+(``images`` are stacked: [B, n_img, H, W, 3]).
 
 Differences from the reference, on purpose: the instruction is lowercased for inference too (the reference
 lowercases at training only — spec §9 — a train/eval mismatch; ``lowercase_instruction=False`` keeps the text);
@@ -152,6 +154,17 @@ def prompt_ids(instruction: str, tokenizer, layout: VLALayout) -> np.ndarray:
     return np.asarray(expand_image_pads(ids, grid, layout.merge_size, image_pad_id=tokenizer.image_pad_id), np.int32)
 
 
+def _stored_images(frame: Mapping[str, Any], layout: VLALayout) -> np.ndarray:
+    """``device_images``: the decoded uint8 [num_images, H, W, 3] as they are (any H, W; resized on device)."""
+    if "images" not in frame:
+        raise LayoutError("frame has no 'images' (uint8 [num_cameras, H, W, 3])")
+    images = np.asarray(frame["images"])
+    if images.ndim != 4 or images.shape[0] != layout.num_images or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise LayoutError(f"frame['images'] must be uint8 [{layout.num_images}, H, W, 3] (num_images, stored size, "
+                          f"RGB), got {images.dtype} {list(images.shape)}")
+    return images
+
+
 def _images(frame: Mapping[str, Any], layout: VLALayout):
     if "images" not in frame:
         raise LayoutError("frame has no 'images' (uint8 [num_cameras, H, W, 3])")
@@ -190,8 +203,14 @@ def _vector(frame: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.nd
     return value
 
 
-def layout_sample(frame: Mapping[str, Any], tokenizer, layout: VLALayout) -> dict[str, np.ndarray]:
-    """One frame → one fixed-shape sample (module docstring). ``actions`` absent → an inference sample."""
+def layout_sample(frame: Mapping[str, Any], tokenizer, layout: VLALayout, *,
+                  device_images: bool = False) -> dict[str, np.ndarray]:
+    """One frame → one fixed-shape sample (module docstring). ``actions`` absent → an inference sample.
+
+    ``device_images`` (training with ``VLADataConfig(resize="device")``): the sample carries the frame's uint8
+    ``images`` [n_img, H, W, 3] at their stored size in place of ``pixel_values``; the train step resizes,
+    augments and patchifies them (``device_augment.StepImages``). ``patch_positions`` / ``patch_segment_ids``
+    are the same either way (they depend only on the layout)."""
     _check_chat_tokens(tokenizer)
     action_tok = ActionTokenizer.from_tokenizer(tokenizer, layout.n_action_bins)
     prompt = prompt_ids(frame.get("instruction"), tokenizer, layout)
@@ -213,12 +232,17 @@ def layout_sample(frame: Mapping[str, Any], tokenizer, layout: VLALayout) -> dic
     canvas[:n] = ids
     mask = np.zeros(s, np.int32)
     mask[:n] = 1
-    pixel_values, positions, segments = _images(frame, layout)
+    if device_images:
+        _, positions, segments = _patch_rows(layout.grid_side, layout.num_images, layout.merge_size)
+        pixels = {"images": _stored_images(frame, layout)}
+    else:
+        pixel_values, positions, segments = _images(frame, layout)
+        pixels = {"pixel_values": pixel_values}
     proprio_value = frame.get("proprio")
     proprio = (np.zeros(layout.proprio_dim, np.float32) if proprio_value is None
                else _vector(frame, "proprio", (layout.proprio_dim,)))
     out = dict(input_ids=canvas, attention_mask=mask,
-               action_start=np.int32(layout.num_prefix + len(prompt)), pixel_values=pixel_values,
+               action_start=np.int32(layout.num_prefix + len(prompt)), **pixels,
                patch_positions=positions, patch_segment_ids=segments, proprio=proprio)
     if has_actions:
         labels = np.full(s, IGNORE_INDEX, np.int32)

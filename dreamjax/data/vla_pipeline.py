@@ -21,7 +21,8 @@ A *frame* (interface A of the team contract) is a dict of numpy values: ``images
 row 0 = current step), ``instruction`` str (lowercased, as ``DreamRLDSBatchTransform`` prepares it),
 ``dataset_name`` str; with ``with_ids`` also ``episode_index`` and ``timestep`` (ints); with
 ``augment="device"`` also ``augment_seed`` uint32 [2] and ``image_mask`` bool [num_cameras] (the decode stage,
-:mod:`.vla_decode`; augmentation then runs in the train step, :mod:`.device_augment`). The last stage
+:mod:`.vla_decode`; augmentation then runs in the train step: ``dreamjax.vla.task`` applies
+:class:`.device_augment.StepImages` in its loss). The last stage
 applies ``sample_fn(frame)`` (e.g. ``functools.partial(vla_layout.layout_sample, ...)``) and ``collate``
 (default: stack arrays per key, strings as lists).
 """
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 _SKIPPED: Counter = Counter()  # bad-episode reason → count (this process)
 
 
-IGNORED_TRAIN_KEYS = {"kind", "batch_size", "tokenizer", "num_threads"}  # cfg.data keys read by dreamjax.train
+# cfg.data keys read by dreamjax.train / dreamjax.vla.task, not by the pipeline (stored_image_size: the frames'
+# size on disk, for --compile-only's abstract batch with resize="device")
+IGNORED_TRAIN_KEYS = {"kind", "batch_size", "tokenizer", "num_threads", "stored_image_size"}
 
 
 @dataclasses.dataclass(frozen=True)

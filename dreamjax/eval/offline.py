@@ -38,7 +38,9 @@ def _data_config(policy, data: Mapping):
     from dreamjax.data.vla_pipeline import VLADataConfig
 
     h = policy.head
-    fixed = dict(augment=False, shuffle_episodes=False, shuffle_buffer=1, num_epochs=1, chunk=h.chunk,
+    # offline metrics see what predict_action sees: un-augmented frames resized on the host (a training data
+    # section may ask for augment/resize "device", which only the train step applies)
+    fixed = dict(augment=False, resize="host", shuffle_episodes=False, shuffle_buffer=1, num_epochs=1, chunk=h.chunk,
                  action_dim=h.action_dim, proprio_dim=h.proprio_dim, image_size=policy.image_size,
                  normalization=policy.normalization)
     cfg = dict(data)

@@ -165,6 +165,11 @@ def _rlds_iterator(cfg, *, global_batch: int, local_batch: int, offset: int):
     count). ``chunk``/``action_dim``/``proprio_dim``/``image_size``/``cameras`` default to the layout's.
     assets: tokenizer files, ``dataset_statistics.json`` (what ``predict_action`` un-normalizes with) and
     ``vla.json``.
+
+    ``data.augment="device"``: batches carry un-augmented images plus ``augment_seed`` / ``image_mask``;
+    ``data.resize="device"``: uint8 ``images`` at the stored size in place of ``pixel_values``. The task
+    (``dreamjax.vla.task.step_images``) lists these keys, so they are sharded and assembled like the others,
+    and its loss turns them into ``pixel_values`` inside the jitted step.
     """
     import functools
     import json
@@ -186,16 +191,10 @@ def _rlds_iterator(cfg, *, global_batch: int, local_batch: int, offset: int):
     defaults = {"chunk": layout.chunk, "action_dim": layout.action_dim, "proprio_dim": layout.proprio_dim,
                 "image_size": layout.image_size, "cameras": ("primary", "wrist")[: layout.num_images]}
     config = VLADataConfig.from_mapping({**defaults, **data})
-    if config.augment == "device" or config.resize == "device":
-        # the pipeline side exists (dreamjax.data.device_augment); the train step does not call it yet, and
-        # training silently without the augmentation the config asks for is worse than refusing
-        raise ValueError(f"data.augment={config.augment!r} / data.resize={config.resize!r}: on-device "
-                         "augmentation/resize is not applied by the train step yet; use augment='host' "
-                         "(or 'none') and resize='host'")
     tok = Tokenizer.from_pretrained(data["tokenizer"])
     pipe = vla_pipeline(config, batch_size=local_batch, sample_fn=functools.partial(
-        vla_layout.layout_sample, tokenizer=tok, layout=layout), collate=vla_layout.collate,
-        process_index=offset // local_batch, process_count=global_batch // local_batch)
+        vla_layout.layout_sample, tokenizer=tok, layout=layout, device_images=config.resize == "device"),
+        collate=vla_layout.collate, process_index=offset // local_batch, process_count=global_batch // local_batch)
     with tempfile.TemporaryDirectory() as tmp:
         tok.save(tmp)
         assets = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

@@ -16,6 +16,12 @@ is the fix of the reference's flow-matching [QUIRK] (its optimizer never receive
 noisy-action projector). The reference recipe (LoRA on the VLM, heads trained in full) is
 ``train.lora = {rank: 32, alpha: 16, exclude: heads + lm_head + embeddings, train_base: heads}`` in the config;
 ``dreamjax.train.tasks`` applies it.
+
+Images: with ``data.augment="device"`` (and/or ``data.resize="device"``) the batch also carries the data-only
+keys ``augment_seed`` / ``image_mask`` (and uint8 ``images`` in place of ``pixel_values``); the loss first
+builds the model's ``pixel_values`` from them on device (:func:`step_images`, ``device_augment.StepImages``),
+so the augmentation runs inside the jitted step, before the model, on every grad-accumulation micro-batch.
+The reference augments on the host (tf.data); the ops and ranges are the same (``device_augment``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamjax.config_loader import model_config
+from dreamjax.data.device_augment import StepImages
+from dreamjax.data.vla_decode import AUGMENT_MODES, RESIZE_MODES
 from dreamjax.data.vla_layout import VLALayout
 from dreamjax.vla.model import HEAD_COMPONENTS, DreamVLAModel, VLAHeadConfig, dummy_inputs
 from dreamjax.vla.objectives import ObjectiveSettings, batch_keys, vla_loss
@@ -82,7 +90,46 @@ def check_consistent(config, head: VLAHeadConfig, settings: ObjectiveSettings) -
         raise ValueError("Dream-VLA needs a vision tower (model.vision)")
 
 
-def batch_shapes_fn(layout: VLALayout, objective: str, patch_dim: int):
+def _stored_size(value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    size = (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"data.stored_image_size={value!r}; expected a positive int or (height, width)")
+    return size
+
+
+def step_images(cfg, layout: VLALayout) -> StepImages | None:
+    """What the train step does to the images before the model (``device_augment.StepImages``), from
+    ``data.augment`` / ``data.resize`` / ``data.augment_correlated`` / ``data.stored_image_size``; None when the
+    batch carries the model's ``pixel_values`` as they are (``augment`` host or none, ``resize`` host)."""
+    d = _section(cfg, "data") if "data" in cfg else {}
+    augment = d.get("augment", "host")
+    mode = AUGMENT_MODES.get(augment) if isinstance(augment, (bool, str)) else None
+    if mode is None:
+        raise ValueError(f"data.augment={augment!r}; expected one of 'host', 'device', 'none' (or True/False)")
+    resize = d.get("resize", "host")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"data.resize={resize!r}; expected one of {RESIZE_MODES}")
+    if mode != "device" and resize != "device":
+        return None
+    if d.get("kind") != "rlds":
+        raise ValueError(f"data.augment={augment!r} / data.resize={resize!r}: on-device augmentation and resize "
+                         f"read the RLDS pipeline's augment_seed / image_mask / stored images; data.kind="
+                         f"{d.get('kind')!r} has none (use data.kind='rlds', or augment/resize 'host')")
+    if resize == "device" and mode == "host":
+        raise ValueError("data.resize='device' with data.augment='host': host augmentation needs resized frames; "
+                         "use augment='device' (or resize='host')")
+    return StepImages(layout, augment=mode == "device", resize=resize == "device",
+                      correlated=bool(d.get("augment_correlated", False)),
+                      stored_size=_stored_size(d.get("stored_image_size")))
+
+
+def batch_shapes_fn(layout: VLALayout, objective: str, patch_dim: int, images: StepImages | None = None):
+    """Global batch size → {key: (shape, dtype)} of one batch as the data delivers it (``images``: with the
+    data-only keys of on-device augmentation / resize)."""
+    keys = images.batch_keys(batch_keys(objective)) if images is not None else batch_keys(objective)
+
     def shapes(b: int) -> dict[str, tuple[tuple[int, ...], Any]]:
         s, rows, length = layout.canvas_length, b * layout.num_images, layout.row_len
         out = dict(input_ids=((b, s), jnp.int32), attention_mask=((b, s), jnp.int32), labels=((b, s), jnp.int32),
@@ -90,7 +137,9 @@ def batch_shapes_fn(layout: VLALayout, objective: str, patch_dim: int):
                    patch_positions=((rows, length, 2), jnp.int32), patch_segment_ids=((rows, length), jnp.int32),
                    proprio=((b, layout.proprio_dim), jnp.float32),
                    actions=((b, layout.chunk, layout.action_dim), jnp.float32))
-        return {k: out[k] for k in batch_keys(objective)}
+        if images is not None:
+            out.update(images.batch_shapes(b))
+        return {k: out[k] for k in keys}
 
     return shapes
 
@@ -118,6 +167,7 @@ def make_vla_task(cfg):
     settings = objective_settings(cfg)
     check_consistent(config, head, settings)
     layout = layout_from_config(cfg)
+    images = step_images(cfg, layout)
     module = DreamVLAModel(config, head)
     inputs = dummy_inputs(config, head)
 
@@ -125,14 +175,19 @@ def make_vla_task(cfg):
         return module.init(rng, *inputs)
 
     def loss(variables, batch, rng):
+        if images is not None:  # on-device augmentation / resize, inside the step, before the model
+            batch = images.model_batch(batch)
         return vla_loss(module, settings, variables, batch, rng)
 
     def flops(shapes):
+        shapes = images.model_shapes(shapes) if images is not None else shapes
         return dreamvl_train_flops(config, shapes) + 3.0 * head_flops(config, head, shapes["input_ids"][0])
 
-    return Task(name=f"dream_vla_{head.objective}", init=init, loss=loss, batch_keys=batch_keys(head.objective),
+    keys = batch_keys(head.objective)
+    return Task(name=f"dream_vla_{head.objective}", init=init, loss=loss,
+                batch_keys=images.batch_keys(keys) if images is not None else keys,
                 model_config=config.replace(model_type="dream-vla"),
-                batch_shapes=batch_shapes_fn(layout, head.objective, config.vision.patch_dim),
+                batch_shapes=batch_shapes_fn(layout, head.objective, config.vision.patch_dim, images),
                 flops_per_batch=flops)
 
 

@@ -15,9 +15,9 @@ from tests.data.rlds.fixtures import libero_episode
 def libero_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("rlds")
     rng = np.random.default_rng(0)
-    episodes = [libero_episode(rng, 5 + i, instruction=ins, size=28)
+    episodes = [libero_episode(rng, 5 + i, instruction=ins, size=32)
                 for i, ins in enumerate(["Put the bowl on the plate", "open the top drawer of the cabinet", "stop"])]
-    write_rlds_dataset(root, "libero_10_no_noops", "1.0.0", schemas.libero_features(28), episodes)
+    write_rlds_dataset(root, "libero_10_no_noops", "1.0.0", schemas.libero_features(32), episodes)  # stored 32 px, policy 28
     return root
 
 
@@ -31,7 +31,9 @@ def test_offline_metrics_match_per_frame_predictions(libero_dir, tmp_path):
     cfg, module = tiny_model("l1", action_dim=7, proprio_dim=8, chunk=4, num_images=2)
     policy = DreamVLA(module.config, module.head, numpy_params(module), synthetic_tokenizer(),
                       settings=objective_settings(cfg), num_images=2, image_size=28)
-    data = dict(data_dir=str(libero_dir), mixture="libero_10_no_noops", split="train")
+    # a training data section: its on-device augmentation / resize must not reach the offline metrics
+    data = dict(data_dir=str(libero_dir), mixture="libero_10_no_noops", split="train", augment="device",
+                resize="device")
     summary = offline_metrics(policy, data, tmp_path, batch_size=4)
 
     frames = list(vla_pipeline(_data_config(policy, data), process_index=0, process_count=1).dataset)
