@@ -1,6 +1,6 @@
 """Dream-VLA policy latency: ``DreamVLA.predict_action`` vs the same computation in PyTorch, same run.
 
-    python benchmarks/predict_action.py [--configs tiny small] [--repeats 20] [--threads 2]
+    python benchmarks/predict_action.py [--configs tiny small] [--repeats 20] [--threads 2] [--breakdown]
 
 Per config, two objectives: flow matching with 4 Euler steps (the LIBERO recipe) and discrete diffusion with 1
 decoding step (the reference eval's ``steps=1``). Batch 1, 2 cameras + proprio, chunk × action dim as below.
@@ -18,7 +18,12 @@ test_action_heads.py``), weights converted to dreamjax, fp32, ``torch.no_grad``.
 per step, features at position − 1 of the action slots (flow) / lm_head over every position and argmax at the
 masked slots (discrete diffusion; action slots restricted to the action ids, as dreamjax). ``torch_ref`` re-runs the vision tower in every forward as the reference's
 ``forward(pixel_values=…)`` does; ``torch_cached`` encodes the images once (what dreamjax does) — the fairer
-peer. dreamjax times ``predict_action`` end to end (one compiled function per objective).
+peer. dreamjax times ``predict_action`` end to end (one compiled function per objective,
+``dreamjax.vla.action_logits.predict_chunk``: the discrete objectives' action slots scored over the action ids
+only; the decoded tokens are the same, the benchmark checks them against torch's).
+
+``--breakdown`` also times the parts of one chunk on each side (host layout, vision tower + embeddings, one
+decoder pass, the scoring: ``lm_head`` / action head), each compiled or called on its own.
 
 Reported: median ms per chunk, chunks/s, actions/s (chunk steps per second), the ratio dreamjax / torch.
 Timing interleaved (dreamjax, torch_ref, torch_cached, …) or, with ``--blocked``, one implementation after the
@@ -48,6 +53,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--blocked", action="store_true",
                    help="time each implementation in its own block instead of interleaving them")
+    p.add_argument("--breakdown", action="store_true", help="also time the parts of a chunk on each side")
     return p.parse_args()
 
 
@@ -180,6 +186,68 @@ class TorchPolicy:
             return p.action_tokenizer.decode(tokens[:h.num_action_tokens].numpy()).reshape(h.chunk, h.action_dim)
 
 
+def parts(policy, torch_policy, images, instruction, proprio) -> dict:
+    """{part: zero-argument callable} of one chunk, dreamjax and torch (``--breakdown``)."""
+    import jax
+    import numpy as np
+    import torch
+
+    from dreamjax.data.vla_layout import collate, layout_sample
+    from dreamjax.vla import objectives
+    from dreamjax.vla.action_logits import split_target_logits
+    from dreamjax.vla.model import DreamVLAModel
+
+    m, p, h = policy.module, policy.params, policy.head
+    frame = dict(images=images, instruction=instruction, proprio=proprio)
+    layout = policy.layout_for(instruction)
+    batch = jax.device_put(collate([layout_sample(frame, policy.tokenizer, layout)]))
+    encode = jax.jit(lambda p, b: objectives._encode(m, p, b))
+    embeds = encode(p, batch)
+    decode = jax.jit(lambda p, e, b: objectives._decode(m, p, e, b))
+    hidden = decode(p, embeds, batch)
+    out = {"host layout (tokens + images)": lambda: collate([layout_sample(frame, policy.tokenizer, layout)]),
+           "jax: vision + embeddings": lambda: encode(p, batch).block_until_ready(),
+           "jax: decoder pass": lambda: decode(p, embeds, batch).block_until_ready()}
+    if h.objective == "flow":
+        def head_fn(p, x, b):
+            feats = m.apply(p, x, b["action_start"], method=DreamVLAModel.action_features)
+            return m.apply(p, feats, method=DreamVLAModel.predict_head)
+        head = jax.jit(head_fn)
+        out["jax: action head"] = lambda: head(p, hidden, batch).block_until_ready()
+    else:
+        n = h.num_action_tokens + 2
+        full = jax.jit(lambda p, x, b: m.apply(p, x, b["action_start"], n, method=DreamVLAModel.target_logits))
+        suffix = 2 if policy.settings.discrete_steps > 1 else 0  # one step: the suffix rows are not scored
+        ids = jax.jit(lambda p, x, b: split_target_logits(m, p, x, b["action_start"], policy.settings, suffix))
+        out["jax: lm_head, 58 target rows × vocab"] = lambda: full(p, hidden, batch).block_until_ready()
+        out["jax: lm_head, action rows × action ids"] = lambda: jax.block_until_ready(ids(p, hidden, batch))
+    s = layout_sample(frame, policy.tokenizer, layout)
+    n_valid = int(s["attention_mask"].sum()) - h.num_prefix
+    pv = torch.from_numpy(s["pixel_values"].reshape(-1, s["pixel_values"].shape[-1]))
+    grid = torch.tensor([[1, policy.image_size // 14, policy.image_size // 14]] * policy.num_images)
+    e = torch.from_numpy(np.array(embeds[:, : n_valid + h.num_prefix]))
+    pos = torch.arange(1, e.shape[1] + 1)[None]
+    model = torch_policy.hf.model
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
+
+    out["torch: vision tower"] = no_grad(lambda: model.get_image_features(pv, grid))
+    ones = torch.ones(e.shape[:2], dtype=torch.long)
+    out["torch: decoder pass"] = no_grad(lambda: model.language_model(
+        inputs_embeds=e, attention_mask=ones, position_ids=pos[None].expand(3, -1, -1)))
+    if h.objective == "flow":
+        feats = torch.randn(1, h.chunk, h.action_dim * policy.config.hidden_size)
+        out["torch: action head"] = no_grad(lambda: torch_policy.heads["action_head"](feats))
+    else:
+        hs = torch.from_numpy(np.array(hidden[:, :e.shape[1]]))
+        out["torch: lm_head, every position × vocab"] = no_grad(lambda: torch_policy.hf.lm_head(hs))
+    return out
+
+
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)
@@ -211,6 +279,9 @@ def main() -> None:
                        ratio_vs_torch_ref=round(med["dreamjax"] / med["torch_ref"], 3),
                        ratio_vs_torch_cached=round(med["dreamjax"] / med["torch_cached"], 3),
                        discrete_max_abs_diff=agree)
+            if args.breakdown:
+                split = interleaved(parts(policy, torch_policy, images, instr, proprio), args.repeats, args.warmup)
+                rec["breakdown_ms"] = {k: round(statistics.median(v) * 1e3, 3) for k, v in split.items()}
             records.append(rec)
             for k, v in med.items():
                 rows.append((name, f"{objective} ({steps})", k, v * 1e3, 1 / v, dims["chunk"] / v,
@@ -226,6 +297,9 @@ def main() -> None:
         print(f"# {rec['config']} {rec['objective']}: first dreamjax call (compile) {rec['jax_first_call_s']} s"
               + (f"; discrete tokens dreamjax vs torch max |Δaction| {rec['discrete_max_abs_diff']:.3g}"
                  if rec["discrete_max_abs_diff"] is not None else ""))
+    for rec in records:
+        for part, ms in rec.get("breakdown_ms", {}).items():
+            print(f"# {rec['config']} {rec['objective']} part: {part:<44} {ms:9.2f} ms")
     print(json.dumps(dict(benchmark="predict_action", threads=threads, blocked=args.blocked,
                           load_average=os.getloadavg()[0], results=records)))
 

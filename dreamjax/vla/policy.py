@@ -17,9 +17,13 @@ the head files; the chunk (8), image count (2) and image side (224) default to t
 
 ``predict_action(images, instruction, proprio=None, unnorm_key=None, rng=None)`` lays the prompt out with
 ``dreamjax.data.vla_layout`` (the training layout, actions absent) and runs the compiled predictor of the
-objective (``dreamjax.vla.objectives.predict_normalized``: one ``jax.jit`` per objective; the canvas length is
-rounded up to a multiple of 32 tokens, so instructions of similar length share one compilation), then
-un-normalizes with ``dataset_statistics.json`` (``dreamjax.data.normalization``). Differences from the
+objective (``dreamjax.vla.action_logits.predict_chunk``: ``objectives.predict_normalized``'s results, one
+``jax.jit`` per objective, the discrete objectives scoring their action slots over the action ids only; the
+canvas length is rounded up to a multiple of ``CANVAS_BUCKET`` = 8 tokens, so instructions of similar length
+share one compilation while the decoder runs on at most 7 padding tokens), then un-normalizes with
+``dataset_statistics.json`` (``dreamjax.data.normalization``). The params live on the device: a policy built
+from numpy arrays copies them there once (``params`` setter) instead of at every call; the layout of an
+instruction is remembered and uint8 images of the layout's size skip PIL. Differences from the
 reference's wrapper, on purpose: images of another size than the layout's are resized here (PIL Lanczos; the
 reference's eval script resizes before calling); ``proprio`` is given raw and normalized here with the same
 statistics (the reference's caller normalizes it); without statistics, actions are returned normalized and
@@ -29,6 +33,7 @@ statistics (the reference's caller normalizes it); without statistics, actions a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -45,10 +50,12 @@ from dreamjax.data.vla_layout import VLALayout, collate, layout_sample, prompt_i
 from dreamjax.models.config import DreamVLConfig
 from dreamjax.data.action_tokenizer import ActionTokenizer
 from dreamjax.vla.model import HEAD_COMPONENTS, NOISY, OBJECTIVES, DreamVLAModel, VLAHeadConfig
-from dreamjax.vla.objectives import ObjectiveSettings, predict_normalized
+from dreamjax.vla.action_logits import predict_chunk
+from dreamjax.vla.objectives import ObjectiveSettings
 
 VLA_JSON, STATS_JSON = "vla.json", "dataset_statistics.json"
-CANVAS_BUCKET = 32
+CANVAS_BUCKET = 8  # 32 padded the small benchmark's 229-token prompt to 256: 12 % more decoder work
+LAYOUT_CACHE_SIZE = 256  # instructions whose layout (a tokenization) is remembered
 LIBERO_DEFAULTS = dict(chunk=8, num_images=2, image_size=224)
 
 
@@ -59,6 +66,7 @@ class DreamVLA:
                  settings: ObjectiveSettings | None = None, num_images: int = 2, image_size: int = 224,
                  norm_stats: dict | None = None, normalization: str = "bounds_q99", lowercase_instruction: bool = True,
                  mesh=None, rules=sharding.DEFAULT_RULES):
+        self.mesh, self.rules = mesh, rules
         self.config, self.head, self.params, self.tokenizer = config, head, params, tokenizer
         if tokenizer is None:
             raise ValueError("DreamVLA needs a tokenizer (tokenizer files beside the weights) to lay out prompts")
@@ -72,8 +80,21 @@ class DreamVLA:
         self.num_images, self.image_size = num_images, image_size
         self.norm_stats, self.normalization = norm_stats, normalization
         self.lowercase_instruction = lowercase_instruction
-        self.mesh, self.rules = mesh, rules
         self.module = DreamVLAModel(config, head)
+        self._layouts: dict[tuple[str, VLALayout], VLALayout] = {}
+
+    @property
+    def params(self) -> Any:
+        """``{"params": …}`` of Dream-VL + heads: device arrays (with a mesh: as given; from_pretrained shards)."""
+        return self._params
+
+    @params.setter
+    def params(self, params: Any) -> None:
+        """numpy leaves go to the default device once (jit would otherwise copy every leaf at every call:
+        ~45 ms of a small-config chunk); jax arrays, sharded ones included, are kept as they are."""
+        if self.mesh is None:
+            params = jax.tree_util.tree_map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a), params)
+        self._params = params
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -154,13 +175,21 @@ class DreamVLA:
 
     # ------------------------------------------------------------------ inference
     def layout_for(self, instruction: str) -> VLALayout:
-        """The layout of one prompt; the canvas is the needed length rounded up to a multiple of 32."""
+        """The layout of one prompt; the canvas is the needed length rounded up to a multiple of ``CANVAS_BUCKET``
+        (remembered per instruction: a rollout asks for the same one at every step)."""
         base = VLALayout(canvas_length=1, num_images=self.num_images, image_size=self.image_size,
                          chunk=self.head.chunk, action_dim=self.head.action_dim, proprio_dim=self.head.proprio_dim,
                          proprio_token=self.head.use_proprio, timestep_token=self.head.timestep_token,
                          n_action_bins=self.settings.n_bins, lowercase_instruction=self.lowercase_instruction)
-        need = base.num_prefix + len(prompt_ids(instruction, self.tokenizer, base)) + base.num_targets
-        return dataclasses.replace(base, canvas_length=int(math.ceil(need / CANVAS_BUCKET) * CANVAS_BUCKET))
+        key = (instruction, base)
+        if isinstance(instruction, str) and key in self._layouts:
+            return self._layouts[key]
+        need = base.num_prefix + len(prompt_ids(instruction, self.tokenizer, base)) + base.num_targets  # checks str
+        layout = dataclasses.replace(base, canvas_length=int(math.ceil(need / CANVAS_BUCKET) * CANVAS_BUCKET))
+        if len(self._layouts) >= LAYOUT_CACHE_SIZE:
+            self._layouts.clear()
+        self._layouts[key] = layout
+        return layout
 
     def stats_for(self, unnorm_key: str | None) -> dict | None:
         """The statistics entry to un-normalize with (None: no statistics → normalized actions)."""
@@ -185,8 +214,11 @@ class DreamVLA:
         if len(items) != self.num_images:
             raise ValueError(f"predict_action: got {len(items)} image(s), the policy takes {self.num_images} "
                              "(primary[, wrist])")
-        out = []
+        out, side = [], self.image_size
         for i, im in enumerate(items):
+            if isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.shape == (side, side, 3):
+                out.append(im)  # already what the layout takes (the PIL round trip below would return it as is)
+                continue
             pil = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, np.uint8))
             pil = pil.convert("RGB")
             if pil.size != (self.image_size, self.image_size):
@@ -224,19 +256,25 @@ class DreamVLA:
         frame = dict(images=self._images(images), instruction=instruction, proprio=self._proprio(proprio, stats))
         batch = collate([layout_sample(frame, self.tokenizer, self.layout_for(instruction))])
         if rng is None or isinstance(rng, (int, np.integer)):
-            rng = jax.random.key(0 if rng is None else int(rng))
+            rng = _seed_key(0 if rng is None else int(rng))
         if self.mesh is None:
-            out = predict_normalized(self.params, batch, rng, model=self.module, settings=self.settings)
+            out = predict_chunk(self.params, batch, rng, model=self.module, settings=self.settings)
         else:
             with sharding.activation_sharding(self.mesh, self.rules):
-                out = predict_normalized(self.params, batch, rng, model=self.module, settings=self.settings)
-        actions = np.asarray(out[0], np.float32)
+                out = predict_chunk(self.params, batch, rng, model=self.module, settings=self.settings)
+        actions = np.asarray(out, np.float32)[0]  # one transfer; indexing on the device would dispatch an op
         if return_normalized or stats is None:
             return actions
         return unnormalize(actions, stats["action"], self.normalization)
 
 
 # ---------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> jax.Array:
+    """The jax key of an int seed, made once (keys are immutable; making one costs a dispatch per call)."""
+    return jax.random.key(seed)
+
+
 TRAIN_CONFIG = "train_config.json"  # written by dreamjax.train.checkpoints beside each step
 
 
