@@ -19,7 +19,7 @@ per step, features at position − 1 of the action slots (flow) / lm_head over e
 masked slots (discrete diffusion; action slots restricted to the action ids, as dreamjax). ``torch_ref`` re-runs the vision tower in every forward as the reference's
 ``forward(pixel_values=…)`` does; ``torch_cached`` encodes the images once (what dreamjax does) — the fairer
 peer. dreamjax times ``predict_action`` end to end (one compiled function per objective,
-``dreamjax.vla.action_logits.predict_chunk``: the discrete objectives' action slots scored over the action ids
+``dreamjax.vla.objectives.predict_normalized``: the discrete objectives' action slots scored over the action ids
 only; the decoded tokens are the same, the benchmark checks them against torch's).
 
 ``--breakdown`` also times the parts of one chunk on each side (host layout, vision tower + embeddings, one

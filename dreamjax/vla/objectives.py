@@ -30,8 +30,11 @@ Reference bugs fixed here (each would stop an objective from training or a head 
 
 Other deliberate differences: computation in the model's dtype with float32 heads' outputs and losses (the
 reference casts heads to bf16); at inference the discrete objectives choose action tokens among the action
-ids only (the reference's argmax over the whole vocabulary maps any other id to the last bin silently); the
-suffix positions of discrete diffusion still sample over the whole vocabulary, as the reference.
+ids only (the reference's argmax over the whole vocabulary maps any other id to the last bin silently), and
+score the action slots over the action columns of ``lm_head`` only (``dreamjax.vla.action_logits``: the tokens
+of the full rows with the other columns at float32 min, without computing them); the suffix positions of
+discrete diffusion still sample over the whole vocabulary, as the reference, except with one decoding step (the
+reference eval's), which reveals every target at once: the suffix cannot change the actions and is not scored.
 """
 
 from __future__ import annotations
@@ -45,15 +48,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamjax.data.action_tokenizer import ActionTokenizer
 from dreamjax.diffusion import continuous
 from dreamjax.diffusion.objective import (DEFAULT_CART_Q, DEFAULT_EPS, IGNORE_INDEX, WEIGHTINGS, forward_process,
                                           shift_targets, token_nll, token_weights)
-from dreamjax.diffusion.sampler import SamplerSettings, denoise_step
 from dreamjax.diffusion.schedule import transfer_fractions
+from dreamjax.vla.action_logits import argmax_action_ids, commit_step, split_target_logits
 from dreamjax.vla.model import DreamVLAModel, slot_indices
 
 NUM_SUFFIX = 2
-_NEG = float(np.finfo(np.float32).min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,11 @@ class ObjectiveSettings:
     @property
     def ddim(self) -> continuous.DDIMSchedule:
         return continuous.DDIMSchedule(self.ddim_train_steps, self.ddim_inference_steps)
+
+    @property
+    def action_tokenizer(self) -> ActionTokenizer:
+        """Action ids ⇄ values of the discrete objectives (the last ``n_bins`` ids of ``vocab_len``)."""
+        return ActionTokenizer(self.vocab_len, self.n_bins)
 
 
 def _images(batch: Mapping[str, Any]):
@@ -229,17 +237,6 @@ def vla_loss(model: DreamVLAModel, settings: ObjectiveSettings, params, batch: M
 
 
 # --------------------------------------------------------------------------------------------- predictors
-def _action_logit_mask(settings: ObjectiveSettings, vocab_size: int) -> jax.Array:
-    ids = jnp.arange(vocab_size)
-    return (ids >= settings.vocab_len - settings.n_bins) & (ids < settings.vocab_len)
-
-
-def _decode_bins(settings: ObjectiveSettings, ids: jax.Array) -> jax.Array:
-    centers = np.linspace(-1.0, 1.0, settings.n_bins)
-    centers = jnp.asarray((centers[:-1] + centers[1:]) / 2.0, jnp.float32)
-    return centers[jnp.clip(settings.vocab_len - ids.astype(jnp.int32) - 1, 0, settings.n_bins - 2)]
-
-
 def _predict_l1(model, params, batch, rng, settings):
     embeds = _encode(model, params, batch)
     hidden = _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds))
@@ -277,54 +274,58 @@ def _predict_flow(model, params, batch, rng, settings):
     return x
 
 
-def _restrict_actions(logits, settings, num_actions):
-    """Action slots choose among action ids only; the suffix slots keep the whole vocabulary."""
-    allowed = _action_logit_mask(settings, logits.shape[-1])[None, None]
-    is_action_slot = (jnp.arange(logits.shape[1]) < num_actions)[None, :, None]
-    return jnp.where(is_action_slot & ~allowed, _NEG, logits)
+def _action_chunks(model, settings, ids):
+    """Action ids [B, C·A] → normalized action chunks [B, C, A] (bin centers, ``ActionTokenizer``)."""
+    return settings.action_tokenizer.decode_jax(ids).reshape(-1, model.head.chunk, model.head.action_dim)
 
 
-def _predict_discrete(model, params, batch, rng, settings):
-    h = model.head
+def _argmax_chunks(model, params, hidden, batch, settings):
+    """Every action slot takes its most likely action id at once; the suffix slots are not scored."""
+    action_logits, _ = split_target_logits(model, params, hidden, batch["action_start"], settings, 0)
+    return _action_chunks(model, settings, argmax_action_ids(action_logits, settings))
+
+
+def predict_discrete(model, params, batch, rng, settings):
+    """One-step discrete (spec §6.4.5): zero action embeddings, one forward, argmax among the action ids."""
     embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds))
-    logits = model.apply(params, hidden, batch["action_start"], h.num_action_tokens, method=DreamVLAModel.target_logits)
-    ids = jnp.argmax(_restrict_actions(logits.astype(jnp.float32), settings, h.num_action_tokens), axis=-1)
-    return _decode_bins(settings, ids).reshape(-1, h.chunk, h.action_dim)
+    return _argmax_chunks(model, params, _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds)),
+                          batch, settings)
 
 
-def _predict_discrete_diffusion(model, params, batch, rng, settings):
-    """The reference's ``diffusion_generate`` over the C·A + 2 masked targets (maskgit_plus, temperature 0)."""
+def predict_discrete_diffusion(model, params, batch, rng, settings):
+    """The reference's ``diffusion_generate`` over the C·A + 2 masked targets (maskgit_plus, temperature 0), the
+    action rows scored over the action ids (``action_logits``); ``rng`` is unused (no sampling at temperature 0).
+
+    The vision tower runs once; after each step only the target slots masked before it are re-embedded. One
+    step reveals every target at once: the suffix cannot change the actions then and is not scored.
+    """
     h = model.head
     index, n = _target_tokens(model, batch)
     rows = jnp.arange(index.shape[0])[:, None]
     canvas = batch["input_ids"].at[rows, index].set(settings.mask_token_id)
-    embeds = _encode(model, params, batch, canvas)  # vision once; target embeddings refreshed per step
-    sampler = SamplerSettings(steps=settings.discrete_steps, alg="maskgit_plus", temperature=0.0, alg_temp=0.0,
-                              eps=settings.eps)
-    fractions = transfer_fractions(settings.discrete_steps, settings.eps)
+    embeds = _encode(model, params, batch, canvas)
+    if settings.discrete_steps == 1:
+        return _argmax_chunks(model, params, _decode(model, params, embeds, batch), batch, settings)
 
-    def step(carry, per_step):
+    def step(carry, fraction):
         x, embeds = carry
-        i, fraction = per_step
         masked = x == settings.mask_token_id
         hidden = _decode(model, params, embeds, batch)
-        logits = model.apply(params, hidden, batch["action_start"], n, method=DreamVLAModel.target_logits)
-        logits = _restrict_actions(logits.astype(jnp.float32), settings, h.num_action_tokens)
-        new = denoise_step(logits, x, masked, fraction, jax.random.fold_in(rng, i), sampler)
+        logits = split_target_logits(model, params, hidden, batch["action_start"], settings, n - h.num_action_tokens)
+        new = commit_step(*logits, x, masked, fraction, settings)
         fresh = model.apply(params, new, method=DreamVLAModel.embed_tokens).astype(embeds.dtype)
         current = jnp.take_along_axis(embeds, index[..., None], axis=1)
         embeds = embeds.at[rows, index].set(jnp.where(masked[..., None], fresh, current))
         return (new, embeds), None
 
     x0 = jnp.full(index.shape, settings.mask_token_id, jnp.int32)
-    steps = jnp.arange(settings.discrete_steps, dtype=jnp.int32)
-    (x, _), _ = jax.lax.scan(step, (x0, embeds), (steps, jnp.asarray(fractions)))
-    return _decode_bins(settings, x[:, :h.num_action_tokens]).reshape(-1, h.chunk, h.action_dim)
+    fractions = jnp.asarray(transfer_fractions(settings.discrete_steps, settings.eps))
+    (x, _), _ = jax.lax.scan(step, (x0, embeds), fractions)
+    return _action_chunks(model, settings, x[:, :h.num_action_tokens])
 
 
 PREDICTORS = {"l1": _predict_l1, "ddim": _predict_ddim, "flow": _predict_flow,
-              "discrete_diffusion": _predict_discrete_diffusion, "discrete": _predict_discrete}
+              "discrete_diffusion": predict_discrete_diffusion, "discrete": predict_discrete}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))

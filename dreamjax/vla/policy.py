@@ -17,7 +17,7 @@ the head files; the chunk (8), image count (2) and image side (224) default to t
 
 ``predict_action(images, instruction, proprio=None, unnorm_key=None, rng=None)`` lays the prompt out with
 ``dreamjax.data.vla_layout`` (the training layout, actions absent) and runs the compiled predictor of the
-objective (``dreamjax.vla.action_logits.predict_chunk``: ``objectives.predict_normalized``'s results, one
+objective (``dreamjax.vla.objectives.predict_normalized``, the same function as offline evaluation: one
 ``jax.jit`` per objective, the discrete objectives scoring their action slots over the action ids only; the
 canvas length is rounded up to a multiple of ``CANVAS_BUCKET`` = 8 tokens, so instructions of similar length
 share one compilation while the decoder runs on at most 7 padding tokens), then un-normalizes with
@@ -50,8 +50,7 @@ from dreamjax.data.vla_layout import VLALayout, collate, layout_sample, prompt_i
 from dreamjax.models.config import DreamVLConfig
 from dreamjax.data.action_tokenizer import ActionTokenizer
 from dreamjax.vla.model import HEAD_COMPONENTS, NOISY, OBJECTIVES, DreamVLAModel, VLAHeadConfig
-from dreamjax.vla.action_logits import predict_chunk
-from dreamjax.vla.objectives import ObjectiveSettings
+from dreamjax.vla.objectives import ObjectiveSettings, predict_normalized
 
 VLA_JSON, STATS_JSON = "vla.json", "dataset_statistics.json"
 CANVAS_BUCKET = 8  # 32 padded the small benchmark's 229-token prompt to 256: 12 % more decoder work
@@ -258,10 +257,10 @@ class DreamVLA:
         if rng is None or isinstance(rng, (int, np.integer)):
             rng = _seed_key(0 if rng is None else int(rng))
         if self.mesh is None:
-            out = predict_chunk(self.params, batch, rng, model=self.module, settings=self.settings)
+            out = predict_normalized(self.params, batch, rng, model=self.module, settings=self.settings)
         else:
             with sharding.activation_sharding(self.mesh, self.rules):
-                out = predict_chunk(self.params, batch, rng, model=self.module, settings=self.settings)
+                out = predict_normalized(self.params, batch, rng, model=self.module, settings=self.settings)
         actions = np.asarray(out, np.float32)[0]  # one transfer; indexing on the device would dispatch an op
         if return_normalized or stats is None:
             return actions

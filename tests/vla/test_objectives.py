@@ -119,7 +119,7 @@ def test_full_mask_ratio_masks_whole_rows_in_training():
 
 @pytest.mark.parametrize("objective", ["discrete_diffusion", "flow"])
 def test_predictions_do_not_depend_on_padding(objective):
-    """``predict_action`` pads prompts to a multiple of 32 tokens: padding must not change the actions."""
+    """``predict_action`` pads prompts to a multiple of 8 tokens: padding must not change the actions."""
     from dreamjax.vla.objectives import predict_normalized
 
     cfg, model = tiny_model(objective)
