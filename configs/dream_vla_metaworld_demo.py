@@ -7,10 +7,16 @@ proprio projector, action head), sized for a 2-core CPU and a ≤ 20 minute budg
 * ``objective="l1"`` — the L1-regression head: one forward pass per prediction (flow / DDIM need K passes at
   inference, the discrete objectives learn 256-way classifications per dimension), and on tiny models the
   regression loss falls fastest per step. Flow matching is an override away (``--config.vla.objective=flow``).
-* one camera at 84 px → a 6×6 patch grid → 9 LLM tokens. The demo uses ``corner3`` (the table fills the
-  frame; ``corner2`` shows it at half the size) with the goal marker drawn at the 5 cm success radius
+* two cameras at 84 px, ``corner3`` (above the table's corner: the table fills the frame) and ``corner`` (low,
+  from the side, roughly at right angles to ``corner3``), each a 6×6 patch grid → 9 LLM tokens. One view leaves
+  the 3-D goal ambiguous along its line of sight: with ``corner3`` alone the tiny policy stopped 5–13 cm short
+  of or beyond the goal along that line (reach 55 %). The goal marker is drawn at the 5 cm success radius
   (``MetaWorldSim(goal_marker_radius=0.05)``): at 84 px Meta-World's 2 cm marker is one or two pixels beside a
   robot of the same red, and a model trained on it learned to ignore the image (same action for every goal).
+* the data: ``dreamjax.demo`` records reach with the scripted expert steering the tool centre point
+  (``MetaWorldExpertPolicy(tcp_tasks=…)``). Meta-World's own reach expert parks the hand on the goal, which leaves
+  the TCP — where success is measured — on the rim of the 5 cm success sphere; a policy imitating it stopped
+  5–8 cm from the goal whenever its estimate was 1–2 cm off (reach 55–60 % with either camera setup).
 * chunk 4 (actions padded to the 7-d EEF_POS layout by the ``metaworld_expert`` standardization: 28 action
   tokens), the closed loop executes all 4 before asking again; proprio = hand xyz + gripper opening (4-d).
 * width 64, 2 decoder layers, a 2-block ViT of width 64 (~0.5M params): 0.1–0.5 s per batch of 32 on the
@@ -42,13 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.vla = dict(
         objective="l1", chunk=4, action_dim=7, proprio_dim=4, use_proprio=True, num_blocks=2,
-        num_images=1, image_size=84, canvas_length=96, n_action_bins=256, tokenizer_len=0,
+        num_images=2, image_size=84, canvas_length=96, n_action_bins=256, tokenizer_len=0,
         lowercase_instruction=True, normalization="bounds_q99",
         flow_steps=4, ddim_train_steps=50, ddim_inference_steps=10, discrete_steps=1,
         reweighting="cart", cart_q=0.1, full_mask_ratio=None,
     )
     c.task = dict(kind="vla")
-    c.data = dict(kind="rlds", data_dir="", tokenizer="", mixture="metaworld_expert", cameras=("primary",),
+    c.data = dict(kind="rlds", data_dir="", tokenizer="", mixture="metaworld_expert", cameras=("primary", "secondary"),
                   augment="none", shuffle_buffer=2000, seed=0, decode_threads=0)
     c.train = dict(
         seed=0, steps=4000, batch_size=32, optimizer="vla", learning_rate=1e-3, decay_at=3200, warmup_steps=50,

@@ -4,7 +4,7 @@ Stages (each logs its progress; wall time per stage goes into the report):
 
 1. **collect** — Meta-World's scripted experts (``metaworld.policies``) run ``--episodes`` placements per task
    (the goal / object placements of ``metaworld.MT1`` seeds 1, 2, …: 50 per seed) through :class:`dreamjax.eval.metaworld_sim.MetaWorldSim`
-   (``corner3`` camera, fast render, the goal marker drawn at the 5 cm success radius); successful episodes are written as a real RLDS dataset
+   (cameras ``corner3`` + ``corner``, fast render, the goal marker drawn at the 5 cm success radius); successful episodes are written as a real RLDS dataset
    (``OUT/data/metaworld_expert/1.0.0``: features.json, dataset_info.json, TFRecords) by dreamjax's writer
    (:func:`dreamjax.eval.collect.collect_expert_dataset`).
 2. **tokenizer** — a sentencepiece tokenizer trained on the Dream-VLA prompts of these tasks, plus the 256
@@ -50,7 +50,11 @@ STAGE_DIRS = ("data", "tokenizer", "train", "eval")
 class DemoSettings:
     """What one demo run does. ``episodes``: expert demonstrations recorded per task (MT1 seeds 1, 2, …, 50
     placements each); ``eval_episodes``: closed-loop trials per task on MT1 seed 0's placements (held out);
-    ``steps``: training steps."""
+    ``steps``: training steps. ``cameras``: Meta-World camera names, one or two (the model sees each as an
+    image: two views pin down the 3-D goal, which one view leaves ambiguous along its line of sight).
+    ``expert_tcp_tasks``: tasks whose scripted expert steers the tool centre point, where success is measured,
+    instead of the hand 4.5 cm above it (``MetaWorldExpertPolicy``): Meta-World's reach expert parks the hand on
+    the goal, which leaves the TCP on the rim of the 5 cm success sphere, and an imitator 1 cm off misses."""
 
     tasks: tuple[str, ...] = ("reach-v3", "push-v3")
     episodes: int = 100
@@ -58,8 +62,9 @@ class DemoSettings:
     steps: int = 4000
     batch_size: int = 32
     image_size: int = 84
-    camera: str = "corner3"
+    cameras: tuple[str, ...] = ("corner3", "corner")
     goal_marker_radius: float | None = 0.05
+    expert_tcp_tasks: tuple[str, ...] = ("reach-v3",)
     collect_max_steps: int = 200
     eval_max_steps: int = 150
     video: str = "gif"
@@ -76,6 +81,8 @@ class DemoSettings:
         if self.eval_episodes > NUM_INIT_STATES:
             raise ValueError(f"--eval-episodes {self.eval_episodes} > the {NUM_INIT_STATES} placements of "
                              "Meta-World's MT1 (seed 0) per task")
+        if not 1 <= len(self.cameras) <= 2:
+            raise ValueError(f"--cameras {','.join(self.cameras)}: the Dream-VLA layout takes one or two images")
         if self.image_size % 28:
             raise ValueError(f"--image-size {self.image_size}: must be a multiple of 28 (ViT patch 14 × merge 2)")
         return self
@@ -125,8 +132,9 @@ def train_config(s: DemoSettings, data_dir: Path, tokenizer_dir: Path, tokenizer
 
     cfg = load_config(CONFIG, [f"--config.train.steps={s.steps}", f"--config.train.batch_size={s.batch_size}",
                                f"--config.vla.image_size={s.image_size}", f"--config.train.seed={s.seed}",
-                               *s.overrides])
+                               f"--config.vla.num_images={len(s.cameras)}", *s.overrides])
     cfg.data.data_dir, cfg.data.tokenizer = str(data_dir), str(tokenizer_dir)
+    cfg.data.cameras = ("primary", "secondary")[: len(s.cameras)]  # metaworld_expert: image, image2
     cfg.vla.tokenizer_len = tokenizer_len
     if not any(o.startswith("--config.vla.canvas_length") for o in s.overrides):
         cfg.vla.canvas_length = canvas_length_for(s.tasks, tokenizer_dir, cfg)
@@ -182,7 +190,7 @@ def evaluate_policy(s: DemoSettings, checkpoint: Path, out: Path, chunk: int) ->
     from dreamjax.vla.policy import DreamVLA
 
     model = DreamVLA.from_pretrained(checkpoint)
-    sim = MetaWorldSim(s.tasks, seed=EVAL_SEED, max_steps=s.eval_max_steps, image_size=s.image_size, camera=s.camera,
+    sim = MetaWorldSim(s.tasks, seed=EVAL_SEED, max_steps=s.eval_max_steps, image_size=s.image_size, camera=s.cameras,
                        fast_render=True, goal_marker_radius=s.goal_marker_radius)
     planned = plan_episodes("metaworld", list(s.tasks), s.eval_episodes, first_init=0, seed=s.seed,
                             num_init_states=[NUM_INIT_STATES] * len(s.tasks))
@@ -278,8 +286,9 @@ def write_report(out: Path, s: DemoSettings, summary: dict, times: dict, demos: 
     settings = (f"tasks {', '.join(s.tasks)}; {s.episodes} expert episodes per task recorded (placements of MT1 "
                 f"seeds {', '.join(map(str, train_seeds(s)))}), evaluated on placements 0–{s.eval_episodes - 1} of "
                 f"MT1 seed {EVAL_SEED}; "
-                f"{s.image_size} px `{s.camera}` camera (fast render, goal marker radius "
-                f"{s.goal_marker_radius} m); objective `{v.objective}`, chunk {v.chunk} "
+                f"{s.image_size} px cameras {', '.join(f'`{c}`' for c in s.cameras)} (fast render, goal marker radius "
+                f"{s.goal_marker_radius} m); experts steering the tool centre point: "
+                f"{', '.join(s.expert_tcp_tasks) or 'none'}; objective `{v.objective}`, chunk {v.chunk} "
                 f"(executed open loop), width {m.hidden_size}, {m.num_hidden_layers} decoder layers, "
                 f"{m.vision.depth}-block ViT; {t.steps} steps × batch {t.batch_size}, AdamW lr {t.learning_rate} "
                 f"(×0.1 from step {t.decay_at}); eval max {s.eval_max_steps} steps per episode; seed {s.seed}.")
@@ -343,9 +352,10 @@ def run(out_dir: str | Path, settings: DemoSettings = DemoSettings()) -> dict:
     log.info("[1/5 collect] %d expert episodes per task of %s at %d px", s.episodes, ", ".join(s.tasks),
              s.image_size)
     data_path, stats = collect_expert_dataset(s.tasks, s.episodes, out / "data", image_size=s.image_size,
-                                              max_steps=s.collect_max_steps, camera=s.camera, fast_render=True,
+                                              max_steps=s.collect_max_steps, camera=s.cameras, fast_render=True,
                                               env_seed=train_seeds(s),
-                                              goal_marker_radius=s.goal_marker_radius)
+                                              goal_marker_radius=s.goal_marker_radius,
+                                              expert_tcp_tasks=s.expert_tcp_tasks)
     times["collect"] = time.perf_counter() - t0
     demos = {k: v["successes"] for k, v in stats.items()}
     log.info("[1/5 collect] done in %.0fs: %s → %s", times["collect"], stats, data_path)
@@ -401,6 +411,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help=f"training steps (default {d.steps})")
     p.add_argument("--image-size", type=int, default=None, help=f"camera pixels, multiple of 28 (default "
                    f"{d.image_size})")
+    p.add_argument("--cameras", default=None, help=f"Meta-World cameras, comma-separated, one or two (default "
+                   f"{','.join(d.cameras)})")
     p.add_argument("--video", choices=("gif", "mp4", "none"), default="gif")
     p.add_argument("--quick", action="store_true", help="1–2 minute smoke run of the same path (reach-v3, 3 "
                    "episodes, 30 steps): checks the plumbing, not the learning")
@@ -417,6 +429,8 @@ def settings_from_args(args) -> DemoSettings:
     for name in ("episodes", "eval_episodes", "steps", "image_size"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
+    if getattr(args, "cameras", None):
+        base["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     return DemoSettings(**base, video=args.video, seed=args.seed, overrides=tuple(getattr(args, "overrides", ()))).validate()
 
 

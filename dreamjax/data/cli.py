@@ -67,10 +67,24 @@ def cmd_preview(args) -> int:
         raise KeyError(f"{args.dataset!r} is not a registered OXE dataset (see dreamjax.data.oxe.configs)")
     source = EpisodeSource(open_dataset(path), args.split)
     views = tuple(v for v, key in config.image_obs_keys.items() if key is not None)
+    if len(source):  # a configured view this dataset was recorded without (e.g. one camera of two) is left out
+        views = tuple(v for v in views if _has_view(source[0], config, v, args.dataset))
     trajs = [standardize_episode(source[i], config, views, args.dataset) for i in range(min(args.episodes, len(source)))]
     paths = write_preview(trajs, args.out, frames_per_episode=args.frames)
     print(json.dumps([str(p) for p in paths]))
     return 0
+
+
+def _has_view(episode, config, view: str, name: str) -> bool:
+    from dreamjax.data.traj_transforms import EpisodeError, standardize_episode
+
+    try:
+        standardize_episode(episode, config, (view,), name)
+    except EpisodeError as e:
+        if e.reason == "missing_key" and config.image_obs_keys[view] in str(e):
+            return False
+        raise
+    return True
 
 
 def register(subparsers) -> None:

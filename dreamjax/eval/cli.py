@@ -21,6 +21,11 @@ import logging
 log = logging.getLogger("dreamjax.eval")
 
 
+def _names(arg: str) -> tuple[str, ...]:
+    """Comma-separated names (cameras, tasks) → a tuple, blanks dropped."""
+    return tuple(c.strip() for c in arg.split(",") if c.strip())
+
+
 def _int_list(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -106,7 +111,7 @@ def cmd_metaworld(args) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     policy = MetaWorldExpertPolicy() if expert else _vla_policy(args.policy, args)
     sim = MetaWorldSim(tasks, seed=args.env_seed, max_steps=args.max_steps, image_size=args.image_size,
-                       camera=args.camera, render=not (expert and args.video == "none"), fast_render=args.fast_render)
+                       camera=_names(args.camera), render=not (expert and args.video == "none"), fast_render=args.fast_render)
     plan = plan_episodes("metaworld", sim.task_names(), args.trials or 10, seed=args.seed,
                          num_init_states=sim.num_init_states(), first_init=args.first_init)
     _print_summary(evaluate(sim, policy, plan, args.out, settings=settings, process_index=args.process_index,
@@ -164,9 +169,11 @@ def cmd_collect(args) -> int:
 
     path, stats = collect_expert_dataset([t for t in args.tasks.split(",") if t], args.episodes, args.data_dir,
                                          name=args.name, image_size=args.image_size, max_steps=args.max_steps,
-                                         env_seed=args.env_seed, first_init=args.first_init, camera=args.camera,
+                                         env_seed=args.env_seed, first_init=args.first_init,
+                                         camera=_names(args.camera),
                                          file_format=args.file_format, overwrite=args.overwrite,
-                                         fast_render=args.fast_render)
+                                         fast_render=args.fast_render,
+                                         expert_tcp_tasks=_names(args.expert_tcp_tasks))
     print(json.dumps(dict(path=str(path), tasks=stats), indent=2))
     return 0
 
@@ -192,8 +199,9 @@ def register(subparsers) -> None:
     q.add_argument("--max-steps", type=int, default=200)
     q.add_argument("--env-seed", type=int, default=0, help="seed of metaworld.MT1 (which 50 placements exist)")
     q.add_argument("--image-size", type=int, default=224)
-    q.add_argument("--camera", default="corner2")
-    q.add_argument("--fast-render", action="store_true", help="no shadows/reflections (as the data was collected)")
+    q.add_argument("--camera", default="corner2", help="Meta-World camera(s), comma-separated (as the data was "
+                   "collected: the policy gets one image per camera)")
+    q.add_argument("--fast-render", action="store_true", help="no shadows/reflections/MSAA (as the data was collected)")
     _add_rollout(q)
     _add_common(q, "outputs/eval_metaworld")
     q.set_defaults(fn=cmd_metaworld)
@@ -235,7 +243,9 @@ def register(subparsers) -> None:
     q.add_argument("--max-steps", type=int, default=200)
     q.add_argument("--env-seed", type=int, default=0)
     q.add_argument("--first-init", type=int, default=0)
-    q.add_argument("--camera", default="corner2")
+    q.add_argument("--camera", default="corner2", help="Meta-World camera(s), comma-separated: image, image2, …")
+    q.add_argument("--expert-tcp-tasks", default="", help="tasks (comma-separated) whose expert steers the tool "
+                   "centre point instead of the hand (e.g. reach-v3: demonstrations end inside the success sphere)")
     q.add_argument("--file-format", default="tfrecord", choices=["tfrecord", "array_record"])
     q.add_argument("--fast-render", action="store_true", help="no shadows/reflections: ~4-7x cheaper on CPU")
     q.add_argument("--overwrite", action="store_true")

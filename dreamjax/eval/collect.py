@@ -6,7 +6,8 @@ Each episode is the expert (``metaworld.policies``) run through :class:`~dreamja
 unseen placements). Written with dreamjax's RLDS writer (``dreamjax.data.rlds.writer``: features.json,
 dataset_info.json, TFRecord shards, no TensorFlow) in this layout (:func:`metaworld_features`) ::
 
-    steps/observation/image   uint8 [S, S, 3] JPEG   camera (corner2), upright
+    steps/observation/image   uint8 [S, S, 3] JPEG   the first camera (corner2 by default), upright
+    steps/observation/image2  uint8 [S, S, 3] JPEG   the second camera, when two are recorded (image3, …)
     steps/observation/state   float32 [4]            hand xyz + gripper opening (MetaWorldSim's proprio)
     steps/action              float32 [4]            the expert's (Δx, Δy, Δz, gripper) in [-1, 1]
     steps/language_instruction                       the task's instruction (metaworld_sim.INSTRUCTIONS)
@@ -34,15 +35,22 @@ log = logging.getLogger("dreamjax.eval")
 DATASET_NAME, DATASET_VERSION = "metaworld_expert", "1.0.0"
 
 
-def metaworld_features(image_size: int):
+def image_keys(num_cameras: int) -> list[str]:
+    """Observation keys of the cameras, in order: ``image``, ``image2``, ``image3``, …"""
+    return ["image"] + [f"image{i}" for i in range(2, num_cameras + 1)]
+
+
+def metaworld_features(image_size: int, cameras: Sequence[str] = ("corner2",)):
     import tensorflow_datasets as tfds
 
     f = tfds.features
+    images = {key: f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg",
+                           doc=f"Camera RGB observation ({cam}), upright.")
+              for key, cam in zip(image_keys(len(cameras)), cameras)}
     return f.FeaturesDict({
         "steps": f.Dataset({
             "observation": f.FeaturesDict({
-                "image": f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg",
-                                 doc="Camera RGB observation (corner2), upright."),
+                **images,
                 "state": f.Tensor(shape=(4,), dtype=np.float32, doc="Hand position (3) and gripper opening (1)."),
             }),
             "action": f.Tensor(shape=(4,), dtype=np.float32, doc="Expert action: dx, dy, dz, gripper in [-1, 1]."),
@@ -67,9 +75,10 @@ def expert_episode(sim, policy, episode) -> tuple[dict, bool]:
     obs = sim.reset(episode)
     policy.reset(episode)
     steps, success = [], False
+    keys = image_keys(len(obs["images"]))
     for _ in range(sim.max_steps(episode.task_id)):
         action = sim.postprocess_action(policy.act(obs)[0])
-        steps.append(dict(observation=dict(image=obs["images"][0], state=obs["proprio"]), action=action,
+        steps.append(dict(observation=dict(zip(keys, obs["images"]), state=obs["proprio"]), action=action,
                           language_instruction=obs["instruction"]))
         obs, success = sim.step(action)
         if success:
@@ -88,14 +97,19 @@ def expert_episode(sim, policy, episode) -> tuple[dict, bool]:
 def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_dir: str | os.PathLike, *,
                            name: str = DATASET_NAME, version: str = DATASET_VERSION, image_size: int = 128,
                            max_steps: int = 200, env_seed: int | Sequence[int] = 0, first_init: int = 0,
-                           camera: str = "corner2",
+                           camera: str | Sequence[str] = "corner2",
                            only_successful: bool = True, file_format: str = "tfrecord", overwrite: bool = False,
-                           fast_render: bool = False, goal_marker_radius: float | None = None) -> tuple[Path, dict]:
+                           fast_render: bool = False, goal_marker_radius: float | None = None,
+                           expert_tcp_tasks: Sequence[str] = ()) -> tuple[Path, dict]:
     """Collect and write ``data_dir/name/version/``; returns (that directory, stats per task).
 
     ``env_seed``: the ``metaworld.MT1`` seed whose 50 placements per task are recorded (``first_init`` …), or a
     list of seeds — then ``episodes_per_task`` may exceed 50 and the placements of the next seed follow when
-    one seed's are used up (more distinct goals and object positions than one MT1 draw holds)."""
+    one seed's are used up (more distinct goals and object positions than one MT1 draw holds).
+    ``camera``: one Meta-World camera name or several (recorded as ``image``, ``image2``, … in that order).
+    ``expert_tcp_tasks``: tasks whose expert steers the tool centre point instead of the hand
+    (:class:`~dreamjax.eval.policy.MetaWorldExpertPolicy`: for reach, demonstrations that end at the centre of
+    the success sphere, not on its rim)."""
     from dreamjax.data.rlds.writer import write_rlds_dataset
     from dreamjax.eval.metaworld_sim import NUM_INIT_STATES, MetaWorldSim
 
@@ -119,7 +133,7 @@ def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_di
                                fast_render=fast_render, goal_marker_radius=goal_marker_radius) for seed, _, _ in blocks}
     plan = [(sims[seed], ep) for seed, first, n in blocks for ep in plan_episodes(
         "metaworld", list(tasks), n, first_init=first, num_init_states=[NUM_INIT_STATES] * len(tasks))]
-    policy = MetaWorldExpertPolicy()
+    policy = MetaWorldExpertPolicy(tcp_tasks=expert_tcp_tasks)
     episodes, stats = [], {t: dict(episodes=0, successes=0, steps=0) for t in tasks}
     t0 = time.perf_counter()
     try:
@@ -139,7 +153,8 @@ def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_di
             sim.close()
     if not episodes:
         raise RuntimeError(f"the expert finished none of {len(plan)} episodes within {max_steps} steps")
-    path = write_rlds_dataset(data_dir, name, version, metaworld_features(image_size), episodes,
+    cameras = (camera,) if isinstance(camera, str) else tuple(camera)
+    path = write_rlds_dataset(data_dir, name, version, metaworld_features(image_size, cameras), episodes,
                               file_format=file_format, overwrite=overwrite,
                               description=f"Meta-World scripted-expert demonstrations: {', '.join(tasks)}")
     log.info("wrote %d episodes (%d steps) to %s", len(episodes), sum(s["steps"] for s in stats.values()), path)

@@ -2,15 +2,20 @@
 
 A "suite" is a list of Meta-World task names (``reach-v3``, ``push-v3``, …); a task's "initial states" are the
 50 goal/object placements ``metaworld.MT1(name, seed)`` samples (``train_tasks``), so ``init_index`` picks one
-and the same (seed, index) always gives the same scene. Observations: the camera image (``corner2`` by
-default) rendered at ``image_size`` through MuJoCo (``MUJOCO_GL=egl`` off-screen; MuJoCo's rows come out
-bottom-up, so they are flipped to upright), ``proprio`` = hand position (3) + gripper opening (1) — the first
-4 entries of Meta-World's 39-d state — and a fixed English instruction per task. Success is Meta-World's
+and the same (seed, index) always gives the same scene. Observations: the camera images (``corner2`` by
+default; ``camera`` may name several, e.g. ``("corner3", "corner")``, stacked in that order) rendered at
+``image_size`` through MuJoCo (``MUJOCO_GL=egl`` off-screen; MuJoCo's rows come out bottom-up, so they are
+flipped to upright), ``proprio`` = hand position (3) + gripper opening (1) — the first
+4 entries of Meta-World's 39-d state —, a fixed English instruction per task, the full ``state`` and ``tcp``
+(the tool centre point between the finger pads, where Meta-World measures reach success; the hand in
+``state[:3]`` is 4.5 cm above it). Success is Meta-World's
 ``info["success"]``. Actions: 4-d (Δx, Δy, Δz, gripper) in [-1, 1], clipped here; no settle steps.
 
-``fast_render=True`` turns off shadows and reflections (``model.light_castshadow``, ``model.mat_reflectance``):
-the same scene with flatter lighting, ~4-7× cheaper to render with software OpenGL (llvmpipe) — use it for
-collection and evaluation alike (the embedded demo does), never for one and not the other.
+``fast_render=True`` turns off shadows, reflections and multisample anti-aliasing (``model.light_castshadow``,
+``model.mat_reflectance``, ``model.vis.quality.offsamples``): the same scene with flatter lighting and harder
+edges, much cheaper to render with software OpenGL (llvmpipe; shadows and reflections cost 4–7×, the 4× MSAA
+another ~2.5× at 84 px: 65 → 23 ms per frame measured) — use it for collection and evaluation alike (the
+embedded demo does), never for one and not the other.
 
 ``goal_marker_radius`` redraws the goal marker (the ``goal`` site: a 2 cm sphere, rendering only — sites take
 no part in the physics or in ``info["success"]``) at that radius. At 84 px a 2 cm sphere is one or two pixels,
@@ -64,7 +69,8 @@ class MetaWorldSim:
     settle_action = None
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, max_steps: int = DEFAULT_MAX_STEPS,
-                 image_size: int = 224, camera: str = "corner2", render: bool = True, suite: str = "metaworld",
+                 image_size: int = 224, camera: str | Sequence[str] = "corner2", render: bool = True,
+                 suite: str = "metaworld",
                  fast_render: bool = False, goal_marker_radius: float | None = None):
         metaworld = import_metaworld()
         unknown = [t for t in tasks if t not in metaworld.ALL_V3_ENVIRONMENTS]
@@ -73,13 +79,18 @@ class MetaWorldSim:
         if not 1 <= max_steps <= 500:
             raise ValueError(f"max_steps {max_steps}: Meta-World episodes are at most 500 steps")
         self.suite, self.seed, self._max_steps = suite, seed, max_steps
-        self.image_size, self.camera, self.render, self.fast_render = image_size, camera, render, fast_render
+        self.cameras = (camera,) if isinstance(camera, str) else tuple(camera)
+        if not self.cameras:
+            raise ValueError("camera: name at least one Meta-World camera, e.g. 'corner2'")
+        self.camera = self.cameras[0]
+        self.image_size, self.render, self.fast_render = image_size, render, fast_render
         if goal_marker_radius is not None and not 0 < goal_marker_radius <= 0.2:
             raise ValueError(f"goal_marker_radius {goal_marker_radius}: expected metres in (0, 0.2]")
         self.goal_marker_radius = goal_marker_radius
         self._tasks = list(tasks)
         self._benchmarks: dict = {}
         self._envs: dict = {}
+        self._camera_ids: dict = {}
         self._env = None
         self._task_name = ""
 
@@ -99,9 +110,11 @@ class MetaWorldSim:
             kw = dict(render_mode="rgb_array", camera_name=self.camera, width=self.image_size,
                       height=self.image_size) if self.render else {}
             env = self._benchmarks[name].train_classes[name](**kw)
+            self._camera_ids[name] = self._find_cameras(env)
             if self.fast_render:
                 env.model.light_castshadow[:] = 0
                 env.model.mat_reflectance[:] = 0
+                env.model.vis.quality.offsamples = 0  # read when the offscreen context is made (first render)
             if self.goal_marker_radius is not None:
                 import mujoco
 
@@ -111,6 +124,16 @@ class MetaWorldSim:
                 env.model.site_size[goal] = self.goal_marker_radius
             self._envs[name] = env
         return self._envs[name]
+
+    def _find_cameras(self, env) -> list[int]:
+        import mujoco
+
+        ids = [mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in self.cameras]
+        unknown = [c for c, i in zip(self.cameras, ids) if i < 0]
+        if unknown:
+            known = [mujoco.mj_id2name(env.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(env.model.ncam)]
+            raise ValueError(f"unknown Meta-World camera(s) {unknown}; this scene has {known}")
+        return ids
 
     def reset(self, episode: Episode) -> dict:
         if episode.task_name not in self._tasks:
@@ -124,9 +147,14 @@ class MetaWorldSim:
     def _observe(self, state: np.ndarray) -> dict:
         images = None
         if self.render:
-            images = np.ascontiguousarray(self._env.render()[::-1])[None]  # bottom-up rows → upright
+            renderer = self._env.mujoco_renderer
+            views = []
+            for cam in self._camera_ids[self._task_name]:  # one offscreen context, pointed at each camera in turn
+                renderer.camera_id = cam
+                views.append(self._env.render()[::-1])  # bottom-up rows → upright
+            images = np.ascontiguousarray(np.stack(views))
         return dict(images=images, proprio=np.asarray(state[:4], np.float32), instruction=instruction_for(
-            self._task_name), state=state)
+            self._task_name), state=state, tcp=np.array(self._env.tcp_center, np.float64))
 
     def step(self, action: np.ndarray) -> tuple[dict, bool]:
         state, _, _, _, info = self._env.step(np.asarray(action, np.float32))

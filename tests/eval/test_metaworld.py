@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dreamjax.eval.episodes import plan_episodes
+from dreamjax.eval.episodes import Episode, plan_episodes
 from dreamjax.eval.policy import DreamVLAPolicy, MetaWorldExpertPolicy
 from dreamjax.eval.rollout import RolloutSettings, evaluate
 from tests.eval.conftest import requires_metaworld, requires_mp4
@@ -30,6 +30,37 @@ def test_scripted_experts_reach_their_known_success_rate(tmp_path):
     s0, s1, s0_again = (x.reset(e)["state"] for x, e in ((a, plan[5]), (a, plan[6]), (b, plan[5])))
     assert not np.allclose(s0, s1) and np.array_equal(s0, s0_again)
     a.close(), b.close()
+
+
+@requires_metaworld
+def test_reach_expert_steering_the_tcp_heads_for_the_centre_of_the_success_sphere():
+    """Meta-World's reach expert parks the hand on the goal, leaving the TCP (where success is measured) about
+    4.5 cm away, on the rim of the 5 cm sphere; with ``tcp_tasks`` the same expert steers the TCP onto it."""
+    from dreamjax.eval.metaworld_sim import MetaWorldSim
+
+    sim = MetaWorldSim(["reach-v3"], render=False)
+    settled = {}
+    for name, policy in (("hand", MetaWorldExpertPolicy()), ("tcp", MetaWorldExpertPolicy(tcp_tasks=["reach-v3"]))):
+        dists = []
+        for init in (0, 1, 2):
+            episode = Episode("metaworld", 0, "reach-v3", init, 0)
+            obs = sim.reset(episode)
+            policy.reset(episode)
+            hand_to_tcp = obs["state"][:3] - obs["tcp"]
+            assert 0.04 < hand_to_tcp[2] < 0.05 and np.abs(hand_to_tcp[:2]).max() < 0.005
+            successes = 0
+            for _ in range(120):  # past success: where does the expert settle?
+                obs, success = sim.step(policy.act(obs)[0])
+                successes += success
+            assert successes > 0
+            dists.append(np.linalg.norm(obs["tcp"] - sim._env._target_pos))
+        settled[name] = max(dists)
+    sim.close()
+    assert 0.035 < settled["hand"] < 0.05 and settled["tcp"] < 0.015, settled
+    policy = MetaWorldExpertPolicy(tcp_tasks=["reach-v3"])
+    policy.reset(Episode("metaworld", 0, "reach-v3", 0, 0))
+    with pytest.raises(KeyError, match="no 'tcp'"):
+        policy.act({"state": np.zeros(39)})
 
 
 class FakeVLA:
@@ -74,6 +105,9 @@ def test_unknown_task_is_named():
 
     with pytest.raises(ValueError, match="reach-v9"):
         MetaWorldSim(["reach-v9"])
+    sim = MetaWorldSim(["reach-v3"], image_size=32, camera=("corner3", "cornerX"))
+    with pytest.raises(ValueError, match=r"unknown Meta-World camera\(s\) \['cornerX'\].*corner3"):
+        sim.reset(Episode("metaworld", 0, "reach-v3", 0, 0))
 
 
 @requires_metaworld

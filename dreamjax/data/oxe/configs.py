@@ -130,8 +130,9 @@ _add("fmb_dataset", "image_side_1", "image_side_2", "image_wrist_1", ("proprio",
      depth=("image_side_1_depth", "image_side_2_depth", "image_wrist_1_depth"))
 _add("dobbe", "wrist_image", None, None, ("proprio",), S.POS_EULER)
 # dreamjax's own Meta-World scripted-expert demonstrations (dreamjax.eval.collect, the embedded demo):
-# proprio = hand xyz + gripper opening (4-d, no OXE state encoding); actions padded to 7-d EEF_POS (transforms)
-_add("metaworld_expert", "image", None, None, ("state",), S.NONE, standardize="metaworld_expert")
+# proprio = hand xyz + gripper opening (4-d, no OXE state encoding); actions padded to 7-d EEF_POS (transforms);
+# a second recorded camera (image2) is the secondary view
+_add("metaworld_expert", "image", "image2", None, ("state",), S.NONE, standardize="metaworld_expert")
 
 OXE_DATASET_CONFIGS: dict[str, OXEDatasetConfig] = {c.name: c for c in _CONFIGS}
 
