@@ -145,12 +145,20 @@ def denoise_step(logits: jax.Array, x: jax.Array, masked: jax.Array, fraction: j
     """
     k_tok, k_pick = jax.random.split(rng)
     confidence, tokens = propose_tokens(logits, k_tok, settings)
+    return commit_proposals(confidence, tokens, x, masked, fraction, k_pick, settings)
+
+
+def commit_proposals(confidence: jax.Array, tokens: jax.Array, x: jax.Array, masked: jax.Array,
+                     fraction: jax.Array, rng: jax.Array | None, settings: SamplerSettings) -> jax.Array:
+    """The commit half of :func:`denoise_step`: every masked slot proposed ``tokens`` [B, N] with ``confidence``;
+    reveal per ``settings.alg`` (``origin``: each with probability ``fraction``; otherwise the ``floor(M ·
+    fraction)`` best of a row's M masked slots). ``rng`` draws the picks (None only for deterministic algs)."""
     if settings.alg == "origin":
-        reveal = masked & (jax.random.uniform(k_pick, masked.shape, jnp.float32) < fraction)
+        reveal = masked & (jax.random.uniform(rng, masked.shape, jnp.float32) < fraction)
         return jnp.where(reveal, tokens, x)
     score = confidence
     if settings.alg_temp:  # sampling without replacement ∝ softmax(conf/alg_temp): Gumbel top-k
-        score = confidence / settings.alg_temp + jax.random.gumbel(k_pick, confidence.shape, jnp.float32)
+        score = confidence / settings.alg_temp + jax.random.gumbel(rng, confidence.shape, jnp.float32)
     shape = x.shape
     if settings.flat_batch:  # (B): one budget and one ranking over the flattened masked positions
         score, masked = score.reshape(1, -1), masked.reshape(1, -1)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from dreamjax.diffusion.sampler import SamplerSettings, propose_tokens, top_n_mask
+from dreamjax.diffusion.sampler import SamplerSettings, commit_proposals, propose_tokens
 from dreamjax.vla.model import DreamVLAModel, gather_rows, slot_indices
 
 if TYPE_CHECKING:  # annotations only: objectives imports this module
@@ -73,12 +73,12 @@ def argmax_action_ids(action_logits: jax.Array, settings: ObjectiveSettings) -> 
 def commit_step(action_logits, suffix_logits, x, masked, fraction, settings: ObjectiveSettings) -> jax.Array:
     """One maskgit_plus step at temperature 0 (``sampler.denoise_step``) over the target slots x [B, N], whose
     logits come in two widths (:func:`split_target_logits`): every masked slot proposes its argmax token, and
-    the ``floor(M · fraction)`` most confident of a row's M masked slots take it (ties: the lower index)."""
+    the ``floor(M · fraction)`` most confident of a row's M masked slots take it (``sampler.commit_proposals``;
+    ties: the lower index)."""
     confidence, tokens = propose_tokens(action_logits, None, MASKGIT_ARGMAX)  # temperature 0: no randomness
     tokens = tokens + action_id_range(settings)[0]
     if suffix_logits is not None:
         suffix_confidence, suffix_tokens = propose_tokens(suffix_logits, None, MASKGIT_ARGMAX)
         confidence = jnp.concatenate([confidence, suffix_confidence], axis=1)
         tokens = jnp.concatenate([tokens, suffix_tokens], axis=1)
-    count = jnp.floor(jnp.sum(masked, axis=-1).astype(jnp.float32) * fraction).astype(jnp.int32)
-    return jnp.where(top_n_mask(confidence, masked, count), tokens, x)
+    return commit_proposals(confidence, tokens, x, masked, fraction, None, MASKGIT_ARGMAX)
