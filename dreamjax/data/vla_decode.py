@@ -23,6 +23,23 @@ AUGMENT_MODES = {True: "host", False: "none", "host": "host", "device": "device"
 RESIZE_MODES = ("host", "device")
 
 
+def image_modes(augment, resize, *, where: str = "", key_prefix: str = "") -> tuple[str, str]:
+    """A data config's (augment mode, resize mode), checked: ``augment`` one of :data:`AUGMENT_MODES` (booleans
+    mean host / none), ``resize`` one of :data:`RESIZE_MODES`, and no host augmentation of frames left at their
+    stored size. Errors start with ``where`` and name the keys as ``key_prefix`` + key (the pipeline's
+    ``VLADataConfig`` and the train step's ``dreamjax.vla.task.step_images`` both check through here)."""
+    k = key_prefix
+    mode = AUGMENT_MODES.get(augment) if isinstance(augment, (bool, str)) else None
+    if mode is None:
+        raise ValueError(f"{where}{k}augment={augment!r}; expected one of 'host', 'device', 'none' (or True/False)")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"{where}{k}resize={resize!r}; expected one of {RESIZE_MODES}")
+    if resize == "device" and mode == "host":
+        raise ValueError(f"{where}{k}resize='device' with {k}augment='host': host augmentation needs resized frames; "
+                         "use augment='device' (or resize='host')")
+    return mode, resize
+
+
 def _decode_camera(raw: Mapping, cam: int, fn: Callable, *args, **kwargs) -> np.ndarray:
     try:
         return fn(raw["images"][cam], *args, **kwargs)

@@ -43,7 +43,7 @@ from dreamjax.data.normalization import normalize
 from dreamjax.data.rlds.reader import EpisodeSource, open_dataset
 from dreamjax.data.traj_transforms import EpisodeError, check_trajectory, chunk_indices, standardize_episode
 from dreamjax.data.vla_decode import (AUGMENT_MODES, DEVICE_AUGMENT_KEYS, RESIZE_MODES,  # noqa: F401
-                                      DecodeAndCollate, DecodeOne, decode_frame, stack_frames)
+                                      DecodeAndCollate, DecodeOne, decode_frame, image_modes, stack_frames)
 from dreamjax.data.vla_mixture import DatasetPlan, plan_mixture
 
 log = logging.getLogger(__name__)
@@ -98,21 +98,15 @@ class VLADataConfig:
 
     def __post_init__(self):
         for field, allowed in (("on_bad_episode", ("error", "skip")), ("on_corrupt", ("error", "skip")),
-                               ("jpeg_dct", ft.JPEG_DCT), ("resize", RESIZE_MODES)):
+                               ("jpeg_dct", ft.JPEG_DCT)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"data config {field}={getattr(self, field)!r}; expected one of {allowed}")
         if self.chunk < 1 or self.image_size < 1 or self.shuffle_buffer < 1:
             raise ValueError("data config: chunk, image_size and shuffle_buffer must be ≥ 1")
         if not self.cameras:
             raise ValueError("data config: cameras must name at least one view (e.g. ('primary', 'wrist'))")
-        mode = AUGMENT_MODES.get(self.augment if isinstance(self.augment, (bool, str)) else None)
-        if mode is None:
-            raise ValueError(f"data config augment={self.augment!r}; expected one of 'host', 'device', 'none' "
-                             "(or True/False)")
+        mode, _ = image_modes(self.augment, self.resize, where="data config ")
         object.__setattr__(self, "augment", mode)
-        if self.resize == "device" and mode == "host":
-            raise ValueError("data config resize='device' with augment='host': host augmentation needs resized "
-                             "frames; use augment='device' (or resize='host')")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> VLADataConfig:

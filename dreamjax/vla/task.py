@@ -33,7 +33,7 @@ import numpy as np
 
 from dreamjax.config_loader import model_config
 from dreamjax.data.device_augment import StepImages
-from dreamjax.data.vla_decode import AUGMENT_MODES, RESIZE_MODES
+from dreamjax.data.vla_decode import image_modes
 from dreamjax.data.vla_layout import VLALayout
 from dreamjax.vla.model import HEAD_COMPONENTS, DreamVLAModel, VLAHeadConfig, dummy_inputs
 from dreamjax.vla.objectives import ObjectiveSettings, batch_keys, vla_loss
@@ -105,21 +105,13 @@ def step_images(cfg, layout: VLALayout) -> StepImages | None:
     batch carries the model's ``pixel_values`` as they are (``augment`` host or none, ``resize`` host)."""
     d = _section(cfg, "data") if "data" in cfg else {}
     augment = d.get("augment", "host")
-    mode = AUGMENT_MODES.get(augment) if isinstance(augment, (bool, str)) else None
-    if mode is None:
-        raise ValueError(f"data.augment={augment!r}; expected one of 'host', 'device', 'none' (or True/False)")
-    resize = d.get("resize", "host")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"data.resize={resize!r}; expected one of {RESIZE_MODES}")
+    mode, resize = image_modes(augment, d.get("resize", "host"), key_prefix="data.")
     if mode != "device" and resize != "device":
         return None
     if d.get("kind") != "rlds":
         raise ValueError(f"data.augment={augment!r} / data.resize={resize!r}: on-device augmentation and resize "
                          f"read the RLDS pipeline's augment_seed / image_mask / stored images; data.kind="
                          f"{d.get('kind')!r} has none (use data.kind='rlds', or augment/resize 'host')")
-    if resize == "device" and mode == "host":
-        raise ValueError("data.resize='device' with data.augment='host': host augmentation needs resized frames; "
-                         "use augment='device' (or resize='host')")
     return StepImages(layout, augment=mode == "device", resize=resize == "device",
                       correlated=bool(d.get("augment_correlated", False)),
                       stored_size=_stored_size(d.get("stored_image_size")))
