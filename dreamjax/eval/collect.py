@@ -153,7 +153,7 @@ def collect_expert_dataset(tasks: Sequence[str], episodes_per_task: int, data_di
             sim.close()
     if not episodes:
         raise RuntimeError(f"the expert finished none of {len(plan)} episodes within {max_steps} steps")
-    cameras = (camera,) if isinstance(camera, str) else tuple(camera)
+    cameras = next(iter(sims.values())).cameras  # camera names as MetaWorldSim read them
     path = write_rlds_dataset(data_dir, name, version, metaworld_features(image_size, cameras), episodes,
                               file_format=file_format, overwrite=overwrite,
                               description=f"Meta-World scripted-expert demonstrations: {', '.join(tasks)}")
