@@ -54,6 +54,8 @@ def parse_args():
                    help="JAX: lm_head + softmax at every position (what the objective does, and torch) or only at "
                         "positions that can have a target (the text positions here: 1/3 of the tokens)")
     p.add_argument("--attention-impl", default="xla", choices=["xla", "jax"], help="dreamjax attention kernel")
+    p.add_argument("--parts", action="store_true",
+                   help="also time JAX's forward and forward + backward of the same step (where the time goes)")
     return p.parse_args()
 
 
@@ -153,17 +155,16 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
     inputs = [jax.device_put(v) for v in (x["ids"], x["mask"], x["pos"], x["jax_pixels"], x["patch_pos"],
                                            x["patch_seg"], labels, p, masked, target_rows(labels))]
 
-    def step(state, ids, mask, pos, pixels, ppos, pseg, labels, p, masked, idx):
+    def loss_of(v, ids, mask, pos, pixels, ppos, pseg, labels, p, masked, idx):
+        if logits_at == "targets":
+            return model.apply(v, noise_inputs(ids, masked, mask_id), mask, pos, pixels, ppos, pseg, labels, p,
+                               masked, idx, method=_loss_at_target_rows)
+        logits = model.apply(v, noise_inputs(ids, masked, mask_id), mask, pos, pixels, ppos, pseg)
+        return masked_diffusion_loss(logits, labels, masked, p, weighting="cart", cart_q=CART_Q)[0]
+
+    def step(state, *batch):
         variables, opt_state = state
-
-        def loss_of(v):
-            if logits_at == "targets":
-                return model.apply(v, noise_inputs(ids, masked, mask_id), mask, pos, pixels, ppos, pseg, labels, p,
-                                   masked, idx, method=_loss_at_target_rows)
-            logits = model.apply(v, noise_inputs(ids, masked, mask_id), mask, pos, pixels, ppos, pseg)
-            return masked_diffusion_loss(logits, labels, masked, p, weighting="cart", cart_q=CART_Q)[0]
-
-        loss, grads = jax.value_and_grad(loss_of)(variables)
+        loss, grads = jax.value_and_grad(loss_of)(variables, *batch)
         updates, opt_state = opt.update(grads, opt_state, variables)
         return (optax.apply_updates(variables, updates), opt_state), loss
 
@@ -174,7 +175,14 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
         box["state"], loss = compiled(box["state"], *inputs)
         return jnp.asarray(loss).block_until_ready()
 
+    def parts():
+        """--parts: the forward (loss) and forward + backward of the same step, on the current weights."""
+        forward, both = jax.jit(loss_of), jax.jit(jax.value_and_grad(loss_of))
+        return {"forward": lambda: forward(box["state"][0], *inputs).block_until_ready(),
+                "forward+backward": lambda: jax.block_until_ready(both(box["state"][0], *inputs))}
+
     run.state_pointers = lambda: {a.unsafe_buffer_pointer() for a in jax.tree_util.tree_leaves(box["state"])}
+    run.parts = parts
     return run
 
 
@@ -224,6 +232,16 @@ def main() -> None:
         print(f"{k:7}{med[k] * 1e3:10.1f}{best[k] * 1e3:8.1f}{work[k] / med[k] / 1e9:9.1f}"
               f"{work[k] / med[k] / 1e9 / peak:7.1%}{work[k] / best[k] / 1e9 / peak:9.1%}")
     print(f"{'jax/torch':10}{med['jax'] / med['torch']:7.3f}{best['jax'] / best['torch']:8.3f}")
+    if args.parts:  # the forward is a third of the step's model FLOPs, the backward two thirds
+        part_times = interleaved(run_jax.parts(), args.repeats, args.warmup)
+        part_flops = {"forward": jax_flops / 3, "forward+backward": jax_flops}
+        print(f"\nJAX step pieces (same weights and inputs): {'median ms':>10}{'min ms':>8}{'GFLOP/s at min':>16}")
+        for name, ts in part_times.items():
+            print(f"{name:43}{statistics.median(ts) * 1e3:10.1f}{min(ts) * 1e3:8.1f}"
+                  f"{part_flops[name] / min(ts) / 1e9:16.1f}")
+        backward = min(part_times["forward+backward"]) - min(part_times["forward"])
+        print(f"{'backward (difference of the mins)':43}{'':10}{backward * 1e3:8.1f}"
+              f"{2 * jax_flops / 3 / backward / 1e9:16.1f}")
     print(json.dumps(dict(benchmark="train_step", dtype=args.dtype, attention_impl=args.attention_impl, threads=threads, load=load, loss_jax=first[0],
                           loss_torch=first[1], jax_ms_median=med["jax"] * 1e3, torch_ms_median=med["torch"] * 1e3,
                           jax_ms_min=best["jax"] * 1e3, torch_ms_min=best["torch"] * 1e3,
