@@ -85,11 +85,44 @@ def shift_targets(labels: jax.Array, masked: jax.Array) -> jax.Array:
 
 # --------------------------------------------------------------------------------------------- per-token terms
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """``−log softmax(logits.float())[target]`` per position, [B, S] float32; 0 where ``target == −100``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """``−log softmax(logits.float())[target]`` per position, [B, S] float32; 0 where ``target == −100``.
+
+    The value is ``jax.nn.log_softmax`` picked at the target, op for op. The gradient is written out
+    (``softmax − one_hot`` times the cotangent, one elementwise pass over the vocabulary): autodiff of
+    ``log_softmax`` + ``take_along_axis`` builds a zero buffer, scatters into it and (on XLA:CPU) computes
+    the logit gradient twice in two layouts, ~8 % of a small model's train step.
+    """
     valid = targets != IGNORE_INDEX
-    picked = jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.where(valid, -picked, 0.0)
+    return _nll(logits.astype(jnp.float32), jnp.where(valid, targets, 0).astype(jnp.int32), valid)
+
+
+def _nll_parts(x, t):
+    shifted = x - jnp.max(x, axis=-1, keepdims=True)
+    log_s = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    picked = jnp.take_along_axis(shifted, t[..., None], axis=-1)
+    return shifted, log_s, picked
+
+
+@jax.custom_vjp
+def _nll(x, t, valid):
+    _, log_s, picked = _nll_parts(x, t)
+    return jnp.where(valid, -(picked - log_s)[..., 0], 0.0)
+
+
+def _nll_fwd(x, t, valid):
+    shifted, log_s, picked = _nll_parts(x, t)
+    return jnp.where(valid, -(picked - log_s)[..., 0], 0.0), (shifted, log_s, t, valid)
+
+
+def _nll_bwd(res, g):
+    shifted, log_s, t, valid = res
+    g = jnp.where(valid, g, 0.0)[..., None]
+    one_hot = jax.lax.broadcasted_iota(jnp.int32, shifted.shape, shifted.ndim - 1) == t[..., None]
+    dx = g * (jnp.exp(shifted - log_s) - one_hot.astype(shifted.dtype))
+    return dx, None, None
+
+
+_nll.defvjp(_nll_fwd, _nll_bwd)
 
 
 def _geometric_prefix(x: jax.Array, r: float) -> jax.Array:

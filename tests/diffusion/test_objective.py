@@ -157,6 +157,31 @@ def test_no_target_gives_zero_not_nan():
     loss, aux = jax.jit(objective.masked_diffusion_loss)(logits, labels, jnp.zeros((1, 4), bool), jnp.ones(1))
     assert float(loss) == 0.0 and float(aux["num_targets"]) == 0.0
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_token_nll_value_and_gradient_equal_autodiff_of_log_softmax(dtype):
+    """token_nll writes its gradient out (softmax − one-hot); it must equal autodiff of the plain formula,
+    keep the logits' dtype, and give ignored positions exactly no gradient."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.standard_normal((2, 6, 40)) * 4, dtype)
+    targets = jnp.asarray(rng.integers(0, 40, (2, 6)), jnp.int32).at[1, 2].set(IGNORE_INDEX).at[0, 5].set(
+        IGNORE_INDEX)
+    cot = jnp.asarray(rng.random((2, 6)), jnp.float32)
+
+    def plain(lg):
+        logp = jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1)
+        picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+        return jnp.where(targets != IGNORE_INDEX, -picked, 0.0)
+
+    got = objective.token_nll(logits, targets)
+    got_vjp = jax.grad(lambda lg: jnp.sum(objective.token_nll(lg, targets) * cot))(logits)
+    want, want_vjp = plain(logits), jax.grad(lambda lg: jnp.sum(plain(lg) * cot))(logits)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the value is the same ops
+    assert got_vjp.dtype == dtype
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    assert rel_err(got_vjp.astype(jnp.float32), want_vjp.astype(jnp.float32)) <= tol
+    assert not np.any(np.asarray(got_vjp[1, 2])) and not np.any(np.asarray(got_vjp[0, 5]))
+
+
 
 def test_forward_process_statistics():
     """t ~ U(0,1) per row, p = (1 − 1e-3)·t + 1e-3, masks only maskable positions with probability p.
