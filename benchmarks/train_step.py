@@ -2,7 +2,7 @@
 same weights, same batch, same noise, same loss, same optimizer, in one run.
 
     python benchmarks/train_step.py [--repeats 10] [--threads 2] [--dtype float32|bfloat16] [--logits-at all|targets]
-        [--attention-impl xla|jax]
+        [--attention-impl xla|jax] [--parts] [--floor]
 
 Model and inputs: those of ``forward.py`` (LLM 4×512, vocab 32000; ViT 4×256; batch 2 × S = 192 with two
 224² images per sample). Step = forward + backward + global-norm clip 1.0 + AdamW (β 0.9/0.999, eps 1e-8,
@@ -56,6 +56,9 @@ def parse_args():
     p.add_argument("--attention-impl", default="xla", choices=["xla", "jax"], help="dreamjax attention kernel")
     p.add_argument("--parts", action="store_true",
                    help="also time JAX's forward and forward + backward of the same step (where the time goes)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time every matmul of JAX's step alone at its best layout, and clip + AdamW alone: the "
+                        "step time (and MFU) if nothing else cost anything")
     return p.parse_args()
 
 
@@ -142,6 +145,52 @@ def _loss_at_target_rows(module, ids, mask, pos, pixels, ppos, pseg, labels, p, 
     return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(loss_mask), 1)
 
 
+def step_matmuls(jaxpr, out=None, times=1):
+    """{(batch, M, K, N): count} of every ``dot_general`` in a jaxpr, nested jaxprs included (a scan body counts
+    ``length`` times)."""
+    import math
+    from collections import Counter
+
+    from jax.extend import core as jcore
+
+    out = Counter() if out is None else out
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            a, b = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            size = lambda shape, dims: math.prod(shape[d] for d in dims)  # noqa: E731
+            free_a = [d for d in range(len(a)) if d not in lc and d not in lb]
+            free_b = [d for d in range(len(b)) if d not in rc and d not in rb]
+            out[(size(a, lb), size(a, free_a), size(a, lc), size(b, free_b))] += times
+        inner = times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(sub, (jcore.ClosedJaxpr, jcore.Jaxpr)):
+                    step_matmuls(getattr(sub, "jaxpr", sub), out, inner)
+    return out
+
+
+def best_gemm_ms(batch, m, k, n, reps):
+    """Best time of an fp32 [batch,] M×K by K×N matmul in JAX, operands already in row-major [M, K]·[K, N] or
+    [M, K]·[N, K] (the faster of the two; no transpose is timed)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((batch, m, k), dtype=np.float32))
+    best = float("inf")
+    for spec, b_shape in (("bmk,bkn->bmn", (batch, k, n)), ("bmk,bnk->bmn", (batch, n, k))):
+        b = jnp.asarray(rng.standard_normal(b_shape, dtype=np.float32))
+        f = jax.jit(lambda x, y, spec=spec: jnp.einsum(spec, x, y))
+        f(a, b).block_until_ready()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
 def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all"):
     import jax
     import jax.numpy as jnp
@@ -149,7 +198,9 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
 
     from dreamjax.diffusion.objective import masked_diffusion_loss, noise_inputs
 
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+    from dreamjax.train.optimizer import clip_by_global_norm
+
+    opt = optax.chain(clip_by_global_norm(1.0), optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
     variables = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), {"params": params})  # own the buffers
     state = (variables, opt.init(variables))
     inputs = [jax.device_put(v) for v in (x["ids"], x["mask"], x["pos"], x["jax_pixels"], x["patch_pos"],
@@ -181,6 +232,30 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
         return {"forward": lambda: forward(box["state"][0], *inputs).block_until_ready(),
                 "forward+backward": lambda: jax.block_until_ready(both(box["state"][0], *inputs))}
 
+    def floor(reps):
+        """--floor: (ms of the step's matmuls, each alone at its best layout; their GFLOP; ms of clip + AdamW
+        alone, state donated; the number of matmuls)."""
+        dots = step_matmuls(jax.make_jaxpr(jax.value_and_grad(loss_of))(box["state"][0], *inputs).jaxpr)
+        dot_ms, dot_flops = 0.0, 0.0
+        for (batch, m, k, n), count in dots.items():
+            dot_ms += count * best_gemm_ms(batch, m, k, n, reps)
+            dot_flops += count * 2.0 * batch * m * k * n
+        grads = jax.tree_util.tree_map(jnp.ones_like, box["state"][0])
+
+        def update(variables, opt_state, grads):
+            updates, opt_state = opt.update(grads, opt_state, variables)
+            return optax.apply_updates(variables, updates), opt_state
+
+        apply = jax.jit(update, donate_argnums=(0, 1))
+        own = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), box["state"])
+        times = []
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            own = jax.block_until_ready(apply(*own, grads))
+            times.append(time.perf_counter() - t0)
+        return dot_ms, dot_flops, min(times[1:]) * 1e3, sum(dots.values())
+
+    run.floor = floor
     run.state_pointers = lambda: {a.unsafe_buffer_pointer() for a in jax.tree_util.tree_leaves(box["state"])}
     run.parts = parts
     return run
@@ -242,13 +317,23 @@ def main() -> None:
         backward = min(part_times["forward+backward"]) - min(part_times["forward"])
         print(f"{'backward (difference of the mins)':43}{'':10}{backward * 1e3:8.1f}"
               f"{2 * jax_flops / 3 / backward / 1e9:16.1f}")
+    floor = {}
+    if args.floor:  # what the step would take if its matmuls were all it did (plus the memory-bound optimizer)
+        dot_ms, dot_flops, opt_ms, n_dots = run_jax.floor(max(args.repeats, 10))
+        floor = dict(floor_dot_ms=dot_ms, floor_opt_ms=opt_ms, floor_dot_gflop=dot_flops / 1e9,
+                     floor_mfu_dots=jax_flops / dot_ms / 1e6 / peak, floor_mfu=jax_flops / (dot_ms + opt_ms) / 1e6 / peak)
+        print(f"\nFloor: the step's {n_dots} matmuls ({dot_flops / 1e9:.1f} GFLOP), each alone at its best layout: "
+              f"{dot_ms:.1f} ms = {dot_flops / dot_ms / 1e6:.1f} GFLOP/s; clip + AdamW alone (donated): {opt_ms:.1f} ms")
+        print(f"  MFU if the step were only its matmuls: {floor['floor_mfu_dots']:.1%}; "
+              f"matmuls + optimizer: {floor['floor_mfu']:.1%} (measured step at min: "
+              f"{jax_flops / best['jax'] / 1e9 / peak:.1%})")
     print(json.dumps(dict(benchmark="train_step", dtype=args.dtype, attention_impl=args.attention_impl, threads=threads, load=load, loss_jax=first[0],
                           loss_torch=first[1], jax_ms_median=med["jax"] * 1e3, torch_ms_median=med["torch"] * 1e3,
                           jax_ms_min=best["jax"] * 1e3, torch_ms_min=best["torch"] * 1e3,
                           ratio_median=med["jax"] / med["torch"], ratio_min=best["jax"] / best["torch"],
                           logits_at=args.logits_at, gflop_per_step=flops / 1e9, jax_gflop_per_step=jax_flops / 1e9,
                           peak_gflops=peak, mfu_jax=jax_flops / med["jax"] / 1e9 / peak,
-                          mfu_torch=flops / med["torch"] / 1e9 / peak)))
+                          mfu_torch=flops / med["torch"] / 1e9 / peak, **floor)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 * ``sft`` (Dream-VL stages, spec §4; HF Trainer): AdamW β (0.9, 0.999), eps 1e-8, weight decay 0, linear
   warmup over ``ceil(warmup_ratio · steps)`` steps from 0 then cosine decay to 0 at ``steps``
   (``get_cosine_schedule_with_warmup``: the first update uses lr 0, as HF), gradient clipping to global
-  norm 1.0. Per-group learning rates (``lr_groups``: the SI/OV stages train the ViT at 2e-6 while the
+  norm 1.0 (torch's ``clip_grad_norm_`` formula). Per-group learning rates (``lr_groups``: the SI/OV stages train the ViT at 2e-6 while the
   rest uses 1e-5 / 5e-6) share the schedule's shape.
 * ``vla`` (Dream-VLA, spec §6.3; ``finetune_dream.py``): ``torch.optim.AdamW(params, lr)`` — torch
   defaults β (0.9, 0.999), eps 1e-8, **weight decay 0.01** — with ``MultiStepLR(milestones=[decay_at],
@@ -64,6 +64,30 @@ def make_schedule(t, learning_rate: float | None = None) -> optax.Schedule:
     raise ValueError(f"train.optimizer={t.optimizer!r}; expected one of {OPTIMIZERS}")
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """‖tree‖₂ over every leaf, accumulated in fp32 (the train steps log this; the clip below reads the same
+    expression, so XLA computes it once)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_`` as the reference's HF Trainer calls it: every gradient is multiplied
+    by ``min(1, max_norm / (‖g‖₂ + 1e-6))``.
+
+    Not ``optax.clip_by_global_norm``, which leaves gradients below the threshold unchanged and divides the
+    others by the norm (no ``1e-6``) through ``lax.select``. Inside the fused train step the two cost the same;
+    on its own (clip + AdamW of the 49 M-parameter benchmark model, state donated) XLA:CPU ran optax's select
+    as extra passes: 144 ms against 54 ms for this multiply.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        coef = jnp.minimum(max_norm / (global_norm(updates) + 1e-6), 1.0)
+        return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def _adamw(t, schedule) -> optax.GradientTransformation:
     if t.optimizer == "sft":
         return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.get("weight_decay", 0.0))
@@ -104,5 +128,5 @@ def make_optimizer(t, trained_abstract: Any) -> tuple[optax.GradientTransformati
     else:
         core = _adamw(t, schedule)
     clip = t.get("clip_norm", 1.0 if t.optimizer == "sft" else None)
-    chain = [optax.clip_by_global_norm(clip)] if clip else []
+    chain = [clip_by_global_norm(clip)] if clip else []
     return optax.chain(*chain, core), schedule

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from dreamjax.diffusion.objective import loss_fn
+from dreamjax.train.optimizer import clip_by_global_norm, global_norm
 
 # Keys of an SFT batch (``dreamjax.data.sft``) that the loss reads; anything else stays on the host.
 LOSS_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values", "patch_positions",
@@ -30,7 +31,7 @@ def adamw(learning_rate: float, total_steps: int, *, warmup_ratio: float = 0.03,
         raise ValueError(f"total_steps must be ≥ 1, got {total_steps}")
     warmup = max(1, int(round(warmup_ratio * total_steps)))
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(total_steps, warmup + 1))
-    chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    chain = [clip_by_global_norm(clip_norm)] if clip_norm else []
     chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return optax.chain(*chain)
 
@@ -55,7 +56,7 @@ def make_train_step(model_module, optimizer: optax.GradientTransformation, **los
         params = optax.apply_updates(params, updates)
         metrics = dict(loss=loss, num_targets=aux["num_targets"],
                        nll=aux["nll_sum"] / jnp.maximum(aux["num_targets"], 1.0),
-                       grad_norm=optax.global_norm(grads))
+                       grad_norm=global_norm(grads))
         return params, opt_state, metrics
 
     jitted = jax.jit(step, donate_argnums=(0, 1))

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from dreamjax import sharding
 from dreamjax.train import freeze
 from dreamjax.train.distributed import barrier
+from dreamjax.train.optimizer import global_norm
 from dreamjax.train.state import StatePlan, TrainState
 
 
@@ -97,7 +98,7 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
             if weighted:
                 metrics["num_targets"] = n_sum
         grads = freeze.apply_row_masks(grads, trained_rows)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, trained)
         updates = freeze.apply_row_masks(updates, trained_rows)
         trained = optax.apply_updates(trained, updates)

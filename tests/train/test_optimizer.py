@@ -93,3 +93,24 @@ def test_sft_schedule_shape():
     assert float(s(0)) == 0 and float(s(3)) == pytest.approx(1.0)
     assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
     assert float(s(51)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 48 / 97)), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 50.0])
+def test_clip_is_torch_clip_grad_norm_over_a_whole_tree(scale):
+    """Every leaf × min(1, 1 / (‖all grads‖₂ + 1e-6)), as torch's clip_grad_norm_ over the parameter list;
+    a norm below the threshold leaves the gradients as they were."""
+    from dreamjax.train.optimizer import clip_by_global_norm, global_norm
+
+    rng = np.random.default_rng(5)
+    grads = {"a": rng.standard_normal((4, 3)).astype(np.float32) * scale,
+             "b": {"c": rng.standard_normal(7).astype(np.float32) * scale}}
+    got, _ = clip_by_global_norm(1.0).update(jax.tree_util.tree_map(jnp.asarray, grads), None)
+    ts = [torch.nn.Parameter(torch.zeros(g.shape)) for g in (grads["a"], grads["b"]["c"])]
+    for t, g in zip(ts, (grads["a"], grads["b"]["c"])):
+        t.grad = torch.from_numpy(g.copy())
+    total = float(torch.nn.utils.clip_grad_norm_(ts, 1.0))
+    assert float(global_norm(grads)) == pytest.approx(total, rel=1e-6)
+    for mine, t in zip((got["a"], got["b"]["c"]), ts):
+        np.testing.assert_allclose(np.asarray(mine), t.grad.numpy(), rtol=1e-6, atol=0)
+    if scale == 0.01:  # not clipped: unchanged bit for bit
+        np.testing.assert_array_equal(np.asarray(got["a"]), grads["a"])
