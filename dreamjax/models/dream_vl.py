@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from dreamjax.models.config import DreamVLConfig
-from dreamjax.models.layers import default_kernel_init, dense, gelu_exact, param_init
+from dreamjax.models.layers import default_kernel_init, dense, dense_dot_general, gelu_exact, param_init
 from dreamjax.models.llm import ACT, DreamLM
 from dreamjax.models.vision import VisionTransformer
 
@@ -60,7 +60,7 @@ class DreamVLModel(nn.Module):
                 self.projector = Projector(c.hidden_size, dtype=dt, param_dtype=pdt)
         self.model = DreamLM(c)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt,
+            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=pdt, dot_general=dense_dot_general,
                                     kernel_init=param_init(default_kernel_init, ("embed", "vocab")))
 
     def encode_images(self, pixel_values, patch_positions, patch_segment_ids):

@@ -23,11 +23,57 @@ def param_init(init, names: Sequence[str | None]):
     return nn.with_logical_partitioning(init, tuple(names))
 
 
+def _matmul(x, w):
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _weight_grad_cpu(x2, g2):
+    # The input's transpose made a buffer of its own: XLA:CPU then runs dW as a plain [in, n]·[n, out] GEMM
+    # (YNNPACK) instead of a contraction over both operands' leading dim (Eigen), and no longer recomputes
+    # the chain that produced g or x inside transposing copies.
+    return jnp.dot(jax.lax.optimization_barrier(x2.T), g2)
+
+
+def _weight_grad(x2, g2):
+    return jnp.dot(x2.T, g2)
+
+
+@jax.custom_vjp
+def _dense_dot(x, w):
+    return _matmul(x, w)
+
+
+def _dense_dot_fwd(x, w):
+    return _matmul(x, w), (x, w)
+
+
+def _dense_dot_bwd(res, g):
+    x, w = res
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = jax.lax.platform_dependent(x2, g2, cpu=_weight_grad_cpu, default=_weight_grad)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``lax.dot_general`` for ``nn.Dense`` (x [..., in] · kernel [in, out]) whose backward, on CPU, computes
+    the weight gradient as ``materialized(xᵀ) · g`` (``benchmarks/README.md``, train_step: −10 % step time on
+    one core). Same values; other platforms and other contractions use XLA's own gradient."""
+    if (precision is not None or preferred_element_type is not None or rhs.ndim != 2
+            or dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ()))):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    return _dense_dot(lhs, rhs)
+
+
 def dense(features: int, names: tuple[str | None, str | None], *, use_bias: bool, dtype, param_dtype,
           name: str) -> nn.Dense:
     """A Dense whose kernel ([in, out]) and bias ([out]) carry logical axis names."""
     return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+        features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=dense_dot_general,
         kernel_init=param_init(default_kernel_init, names),
         bias_init=param_init(nn.initializers.zeros_init(), (names[1],)))
 
