@@ -147,7 +147,7 @@ def _loss_at_target_rows(module, ids, mask, pos, pixels, ppos, pseg, labels, p, 
 
 def step_matmuls(jaxpr, out=None, times=1):
     """{(batch, M, K, N): count} of every ``dot_general`` in a jaxpr, nested jaxprs included (a scan body counts
-    ``length`` times)."""
+    ``length`` times, a cond its costliest branch)."""
     import math
     from collections import Counter
 
@@ -162,6 +162,10 @@ def step_matmuls(jaxpr, out=None, times=1):
             free_a = [d for d in range(len(a)) if d not in lc and d not in lb]
             free_b = [d for d in range(len(b)) if d not in rc and d not in rb]
             out[(size(a, lb), size(a, free_a), size(a, lc), size(b, free_b))] += times
+        if eqn.primitive.name == "cond":  # one branch runs (lax.platform_dependent lowers to a cond): the costliest
+            options = [step_matmuls(b.jaxpr, None, times) for b in eqn.params["branches"]]
+            out.update(max(options, key=lambda c: sum(n * math.prod(k) for k, n in c.items())))
+            continue
         inner = times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
