@@ -2,7 +2,7 @@
 same weights, same batch, same noise, same loss, same optimizer, in one run.
 
     python benchmarks/train_step.py [--repeats 10] [--threads 2] [--dtype float32|bfloat16] [--logits-at all|targets]
-        [--attention-impl xla|jax] [--parts] [--floor]
+        [--attention-impl xla|jax] [--parts] [--floor] [--malloc reuse|default]
 
 Model and inputs: those of ``forward.py`` (LLM 4×512, vocab 32000; ViT 4×256; batch 2 × S = 192 with two
 224² images per sample). Step = forward + backward + global-norm clip 1.0 + AdamW (β 0.9/0.999, eps 1e-8,
@@ -56,9 +56,13 @@ def parse_args():
     p.add_argument("--attention-impl", default="xla", choices=["xla", "jax"], help="dreamjax attention kernel")
     p.add_argument("--parts", action="store_true",
                    help="also time JAX's forward and forward + backward of the same step (where the time goes)")
+    p.add_argument("--malloc", default="reuse", choices=["reuse", "default"],
+                   help="reuse: dreamjax.hostmem.reuse_freed_memory() as `dreamjax train` does (both frameworks run "
+                        "in this process); default: glibc's defaults (every step faults its temporaries back in)")
     p.add_argument("--floor", action="store_true",
-                   help="also time every matmul of JAX's step alone at its best layout, and clip + AdamW alone: the "
-                        "step time (and MFU) if nothing else cost anything")
+                   help="also time every matmul of JAX's step alone at its best layout, and clip + AdamW alone: an "
+                        "estimate of the step's matmul share (each timed call also pays its dispatch, ~0.1 ms; "
+                        "not a lower bound: a step has measured faster than this sum)")
     return p.parse_args()
 
 
@@ -268,6 +272,10 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)
+    if args.malloc == "reuse":
+        from dreamjax.hostmem import reuse_freed_memory
+
+        reuse_freed_memory()
     import numpy as np
     import torch
 
@@ -326,12 +334,12 @@ def main() -> None:
         dot_ms, dot_flops, opt_ms, n_dots = run_jax.floor(max(args.repeats, 10))
         floor = dict(floor_dot_ms=dot_ms, floor_opt_ms=opt_ms, floor_dot_gflop=dot_flops / 1e9,
                      floor_mfu_dots=jax_flops / dot_ms / 1e6 / peak, floor_mfu=jax_flops / (dot_ms + opt_ms) / 1e6 / peak)
-        print(f"\nFloor: the step's {n_dots} matmuls ({dot_flops / 1e9:.1f} GFLOP), each alone at its best layout: "
+        print(f"\nMatmul share: the step's {n_dots} matmuls ({dot_flops / 1e9:.1f} GFLOP), each alone at its best layout: "
               f"{dot_ms:.1f} ms = {dot_flops / dot_ms / 1e6:.1f} GFLOP/s; clip + AdamW alone (donated): {opt_ms:.1f} ms")
-        print(f"  MFU if the step were only its matmuls: {floor['floor_mfu_dots']:.1%}; "
+        print(f"  MFU at these times, matmuls only: {floor['floor_mfu_dots']:.1%}; "
               f"matmuls + optimizer: {floor['floor_mfu']:.1%} (measured step at min: "
               f"{jax_flops / best['jax'] / 1e9 / peak:.1%})")
-    print(json.dumps(dict(benchmark="train_step", dtype=args.dtype, attention_impl=args.attention_impl, threads=threads, load=load, loss_jax=first[0],
+    print(json.dumps(dict(benchmark="train_step", malloc=args.malloc, dtype=args.dtype, attention_impl=args.attention_impl, threads=threads, load=load, loss_jax=first[0],
                           loss_torch=first[1], jax_ms_median=med["jax"] * 1e3, torch_ms_median=med["torch"] * 1e3,
                           jax_ms_min=best["jax"] * 1e3, torch_ms_min=best["torch"] * 1e3,
                           ratio_median=med["jax"] / med["torch"], ratio_min=best["jax"] / best["torch"],

@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = rest
     _setup_logging(args.verbose)
+    if args.command in ("demo", "train", "eval", "generate", "forward"):  # compute processes (dreamjax.hostmem)
+        from dreamjax.hostmem import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
