@@ -17,7 +17,6 @@ purpose). ``DREAMJAX_MALLOC=default`` turns it off. glibc on Linux only; elsewhe
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -37,14 +36,14 @@ def reuse_freed_memory() -> bool:
     if os.environ.get("DREAMJAX_MALLOC", "") == "default" or not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = all(mallopt(param, value) == 1 for param, value in
-             ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, (1 << 31) - 1)))
-    if not ok:
-        _log.warning("mallopt refused a setting; host memory is managed by malloc's defaults")
-    _done = ok
-    return ok
+    settings = {"M_ARENA_MAX": (M_ARENA_MAX, 1), "M_MMAP_THRESHOLD": (M_MMAP_THRESHOLD, 1 << 30),
+                "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, (1 << 31) - 1)}
+    refused = [name for name, (param, value) in settings.items() if mallopt(param, value) != 1]
+    if refused:
+        _log.warning("mallopt refused %s; freed host memory may still go back to the kernel", ", ".join(refused))
+    _done = not refused
+    return _done

@@ -96,21 +96,15 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return _nll(logits.astype(jnp.float32), jnp.where(valid, targets, 0).astype(jnp.int32), valid)
 
 
-def _nll_parts(x, t):
-    shifted = x - jnp.max(x, axis=-1, keepdims=True)
-    log_s = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-    picked = jnp.take_along_axis(shifted, t[..., None], axis=-1)
-    return shifted, log_s, picked
-
-
 @jax.custom_vjp
 def _nll(x, t, valid):
-    _, log_s, picked = _nll_parts(x, t)
-    return jnp.where(valid, -(picked - log_s)[..., 0], 0.0)
+    return _nll_fwd(x, t, valid)[0]
 
 
 def _nll_fwd(x, t, valid):
-    shifted, log_s, picked = _nll_parts(x, t)
+    shifted = x - jnp.max(x, axis=-1, keepdims=True)
+    log_s = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    picked = jnp.take_along_axis(shifted, t[..., None], axis=-1)
     return jnp.where(valid, -(picked - log_s)[..., 0], 0.0), (shifted, log_s, t, valid)
 
 
