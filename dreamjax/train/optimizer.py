@@ -79,6 +79,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     on its own (clip + AdamW of the 49 M-parameter benchmark model, state donated) XLA:CPU ran optax's select
     as extra passes: 144 ms against 54 ms for this multiply.
     """
+    if not max_norm > 0:
+        raise ValueError(f"clip_norm={max_norm!r}: the gradient-norm bound must be > 0 (0 or None: no clipping)")
 
     def update(updates, state, params=None):
         del params

@@ -114,3 +114,10 @@ def test_clip_is_torch_clip_grad_norm_over_a_whole_tree(scale):
         np.testing.assert_allclose(np.asarray(mine), t.grad.numpy(), rtol=1e-6, atol=0)
     if scale == 0.01:  # not clipped: unchanged bit for bit
         np.testing.assert_array_equal(np.asarray(got["a"]), grads["a"])
+
+
+def test_negative_clip_norm_is_refused():
+    t = ml_collections.ConfigDict(dict(optimizer="sft", learning_rate=1e-5, steps=10, warmup_ratio=0.0,
+                                       weight_decay=0.0, clip_norm=-1.0))
+    with pytest.raises(ValueError, match="clip_norm=-1.0"):
+        make_optimizer(t, {"p": jnp.zeros(3)})
