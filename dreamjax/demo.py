@@ -423,14 +423,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args) -> DemoSettings:
+    from dreamjax.eval.cli import comma_names
+
     base = dict(QUICK) if args.quick else {}
     if args.tasks != ",".join(DemoSettings().tasks) or not args.quick:
-        base["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        base["tasks"] = comma_names(args.tasks)
     for name in ("episodes", "eval_episodes", "steps", "image_size"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
     if getattr(args, "cameras", None):
-        base["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+        base["cameras"] = comma_names(args.cameras)
     return DemoSettings(**base, video=args.video, seed=args.seed, overrides=tuple(getattr(args, "overrides", ()))).validate()
 
 

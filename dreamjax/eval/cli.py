@@ -2,6 +2,7 @@
 
   dreamjax eval libero    --model CKPT --suite libero_10 [--trials 50] [--tasks 0,3] [--out DIR] [--video mp4]
   dreamjax eval metaworld --policy expert|CKPT --tasks reach-v3,push-v3 [--trials 10] [--max-steps 200]
+                          [--expert-tcp-tasks reach-v3]   (the expert as `eval collect` recorded it)
   dreamjax eval vl        --model CKPT --bench FILE.jsonl [--max-new-tokens 16 --steps 16]
   dreamjax eval offline   --model CKPT --data-dir DIR --mixture NAME [--split val]   action L1, token accuracy
   dreamjax eval merge     OUT                        merge independent processes' records
@@ -21,9 +22,22 @@ import logging
 log = logging.getLogger("dreamjax.eval")
 
 
-def _names(arg: str) -> tuple[str, ...]:
-    """Comma-separated names (cameras, tasks) → a tuple, blanks dropped."""
+def comma_names(arg: str) -> tuple[str, ...]:
+    """Comma-separated names (cameras, tasks) → a tuple, surrounding blanks and empty items dropped:
+    ``"reach-v3, push-v3,"`` → ``("reach-v3", "push-v3")``. Shared by ``dreamjax eval`` and ``dreamjax demo``."""
     return tuple(c.strip() for c in arg.split(",") if c.strip())
+
+
+def _expert_tcp_tasks(args, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """``--expert-tcp-tasks``: each must be one of ``--tasks`` and the policy the scripted expert."""
+    tcp = comma_names(args.expert_tcp_tasks)
+    if tcp and getattr(args, "policy", "expert") != "expert":
+        raise ValueError(f"--expert-tcp-tasks {args.expert_tcp_tasks!r} steers Meta-World's scripted expert; "
+                         f"it has no meaning with --policy {args.policy!r}")
+    unknown = [t for t in tcp if t not in tasks]
+    if unknown:
+        raise ValueError(f"--expert-tcp-tasks: {', '.join(unknown)} not among --tasks {', '.join(tasks)}")
+    return tcp
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -108,15 +122,17 @@ def cmd_metaworld(args) -> int:
     _start_processes(args)
     expert = args.policy == "expert"
     settings = RolloutSettings(open_loop_steps=1 if expert else args.open_loop_steps, video=args.video).validate()
-    tasks = [t for t in args.tasks.split(",") if t]
-    policy = MetaWorldExpertPolicy() if expert else _vla_policy(args.policy, args)
-    sim = MetaWorldSim(tasks, seed=args.env_seed, max_steps=args.max_steps, image_size=args.image_size,
-                       camera=_names(args.camera), render=not (expert and args.video == "none"), fast_render=args.fast_render)
+    tasks = comma_names(args.tasks)
+    tcp_tasks = _expert_tcp_tasks(args, tasks)
+    policy = MetaWorldExpertPolicy(tcp_tasks=tcp_tasks) if expert else _vla_policy(args.policy, args)
+    sim = MetaWorldSim(list(tasks), seed=args.env_seed, max_steps=args.max_steps, image_size=args.image_size,
+                       camera=comma_names(args.camera), render=not (expert and args.video == "none"), fast_render=args.fast_render)
     plan = plan_episodes("metaworld", sim.task_names(), args.trials or 10, seed=args.seed,
                          num_init_states=sim.num_init_states(), first_init=args.first_init)
     _print_summary(evaluate(sim, policy, plan, args.out, settings=settings, process_index=args.process_index,
                             process_count=args.process_count,
-                            retry_errors=args.retry_errors, run_settings=dict(simulator="metaworld", tasks=tasks, policy=args.policy,
+                            retry_errors=args.retry_errors, run_settings=dict(simulator="metaworld", tasks=list(tasks), policy=args.policy,
+                                              expert_tcp_tasks=list(tcp_tasks),
                                               max_steps=args.max_steps, env_seed=args.env_seed, seed=args.seed)))
     return 0
 
@@ -167,13 +183,14 @@ def cmd_offline(args) -> int:
 def cmd_collect(args) -> int:
     from dreamjax.eval.collect import collect_expert_dataset
 
-    path, stats = collect_expert_dataset([t for t in args.tasks.split(",") if t], args.episodes, args.data_dir,
+    tasks = comma_names(args.tasks)
+    path, stats = collect_expert_dataset(list(tasks), args.episodes, args.data_dir,
                                          name=args.name, image_size=args.image_size, max_steps=args.max_steps,
                                          env_seed=args.env_seed, first_init=args.first_init,
-                                         camera=_names(args.camera),
+                                         camera=comma_names(args.camera),
                                          file_format=args.file_format, overwrite=args.overwrite,
                                          fast_render=args.fast_render,
-                                         expert_tcp_tasks=_names(args.expert_tcp_tasks))
+                                         expert_tcp_tasks=_expert_tcp_tasks(args, tasks))
     print(json.dumps(dict(path=str(path), tasks=stats), indent=2))
     return 0
 
@@ -202,6 +219,8 @@ def register(subparsers) -> None:
     q.add_argument("--camera", default="corner2", help="Meta-World camera(s), comma-separated (as the data was "
                    "collected: the policy gets one image per camera)")
     q.add_argument("--fast-render", action="store_true", help="no shadows/reflections/MSAA (as the data was collected)")
+    q.add_argument("--expert-tcp-tasks", default="", help="with --policy expert: tasks (comma-separated) whose "
+                   "expert steers the tool centre point, as `eval collect --expert-tcp-tasks` recorded them")
     _add_rollout(q)
     _add_common(q, "outputs/eval_metaworld")
     q.set_defaults(fn=cmd_metaworld)

@@ -130,6 +130,32 @@ def test_a_real_tiny_dream_vla_drives_meta_world(tmp_path):
 
 
 @requires_metaworld
+def test_cli_expert_tcp_tasks_and_blank_padded_task_lists(tmp_path, caplog):
+    """`eval metaworld --policy expert` evaluates the expert as `eval collect --expert-tcp-tasks` recorded it;
+    task lists may carry blanks (`"reach-v3, push-v3"`); a TCP task outside --tasks, or one given to a
+    checkpoint policy, is refused with a message naming it, before anything runs."""
+    from dreamjax import cli
+
+    out = tmp_path / "tcp"
+    args = ["eval", "metaworld", "--policy", "expert", "--tasks", " reach-v3 ,", "--expert-tcp-tasks", "reach-v3",
+            "--trials", "2", "--video", "none", "--out", str(out)]
+    assert cli.main(args) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["settings"]["tasks"] == ["reach-v3"] and doc["settings"]["expert_tcp_tasks"] == ["reach-v3"]
+    assert doc["summary"]["overall"]["successes"] == 2
+
+    bad = [("--tasks", "reach-v3", "--expert-tcp-tasks", "reach-v3, push-v3", "push-v3 not among --tasks reach-v3"),
+           ("--policy", str(tmp_path / "ckpt"), "--expert-tcp-tasks", "reach-v3", "no meaning with --policy")]
+    for flag_a, value_a, flag_b, value_b, message in bad:
+        caplog.clear()
+        argv = ["eval", "metaworld", "--policy", "expert", "--tasks", "reach-v3", "--video", "none",
+                "--out", str(tmp_path / "bad"), flag_a, value_a, flag_b, value_b]
+        assert cli.main(argv) == 2
+        assert message in caplog.text
+        assert not (tmp_path / "bad").exists()
+
+
+@requires_metaworld
 def test_cli_independent_processes_then_merge(tmp_path):
     from dreamjax import cli
 
