@@ -1,6 +1,6 @@
 """Forward pass of a small Dream-VL, dreamjax (jit) vs PyTorch (transformers Qwen2-VL, bidirectional), same run.
 
-    python benchmarks/forward.py [--repeats 20] [--threads 2] [--dtype float32] [--breakdown]
+    python benchmarks/forward.py [--repeats 20] [--threads 2] [--dtype float32] [--breakdown] [--malloc reuse|default]
 
 Model (fp32): LLM 4 layers, hidden 512, 8 heads / 2 kv heads, MLP 1408, vocab 32000; ViT depth 4, width 256,
 4 heads, MLP 1024, merger → 512. Batch 2; each sample holds two 224×224 images (image processor → grid
@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: tests.tiny, conversion
-from benchmarks.matmul_peak import limit_threads, measure_peak  # noqa: E402
+from benchmarks.matmul_peak import add_malloc_argument, apply_malloc, limit_threads, measure_peak  # noqa: E402
 
 BATCH, IMAGES_PER_SAMPLE, IMAGE_PX, TEXT_TOKENS = 2, 2, 224, 64
 
@@ -42,6 +42,7 @@ def parse_args():
     p.add_argument("--vit-layout", default="rows", choices=["rows", "flat"],
                    help="JAX ViT input: row-packed (per-image attention, what DreamVL uses) or the flat "
                         "reference layout (all patches in one block-masked sequence)")
+    add_malloc_argument(p)
     return p.parse_args()
 
 
@@ -152,6 +153,7 @@ def interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)  # before numpy/torch/jax create their thread pools
+    apply_malloc(args.malloc)
 
     import jax
     import numpy as np
@@ -226,7 +228,7 @@ def main() -> None:
         for stage in ("vit", "llm", "lm_head"):
             j, t = breakdown[f"jax_{stage}"], breakdown[f"torch_{stage}"]
             print(f"{stage:8}{j[0]:10.1f} /{j[1]:7.1f}{t[0]:14.1f} /{t[1]:7.1f}{j[0] / t[0]:17.2f}")
-    print(json.dumps({
+    print(json.dumps({"malloc": args.malloc,
         "bench": "forward", "cpu": cpu_name(), "dtype": args.dtype, "threads": threads, "batch": BATCH,
         "seq_len": s_len, "vit_patches": sum(patches), "model_gflop": round(flops["total"] / 1e9, 3),
         "xla_gflop": round(xla_flops / 1e9, 3), "jax_ms": round(med["jax"] * 1e3, 2),

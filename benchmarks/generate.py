@@ -1,6 +1,6 @@
 """Diffusion generation latency of a small Dream-VL: ``DreamVL.generate`` vs the same loop over PyTorch, same run.
 
-    python benchmarks/generate.py [--steps 64 8] [--repeats 5] [--threads 2] [--new-tokens 64]
+    python benchmarks/generate.py [--steps 64 8] [--repeats 5] [--threads 2] [--new-tokens 64] [--malloc reuse|default]
 
 Model: the small fp32 config of ``forward.py`` (LLM 4 layers, hidden 512, 8/2 heads, MLP 1408, vocab 32000;
 ViT depth 4, width 256), same random weights on both sides (transformers Qwen2-VL with
@@ -36,7 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 from benchmarks.forward import bench_config, build_models, cpu_name, interleaved, model_flops, timed  # noqa: E402
-from benchmarks.matmul_peak import limit_threads, measure_peak  # noqa: E402
+from benchmarks.matmul_peak import add_malloc_argument, apply_malloc, limit_threads, measure_peak  # noqa: E402
 
 IMAGE_PX, TEXT_BEFORE, TEXT_AFTER = 224, 19, 19  # + vision_start/end = 40 non-image prompt tokens
 
@@ -51,6 +51,7 @@ def parse_args():
     p.add_argument("--peak-size", type=int, default=2048)
     p.add_argument("--static-positions", action="store_true",
                    help="torch: compute position ids once instead of every step")
+    add_malloc_argument(p)
     return p.parse_args()
 
 
@@ -142,6 +143,7 @@ def divergence_report(jax_hist, torch_hist, mask_id: int) -> str:
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)
+    apply_malloc(args.malloc)
 
     import jax
     import numpy as np
@@ -215,7 +217,7 @@ def main() -> None:
         print(f"{r['steps']:>5} JAX/torch {r['med']['jax'] / r['med']['torch']:.3f} (median) "
               f"{r['best']['jax'] / r['best']['torch']:.3f} (min)   goal <= 0.8; token-identical: {r['same']}"
               + ("" if r["same"] else f" ({r['n_diff']} differ) — {r['why']}") + f"; load {r['load']:.2f}")
-    print(json.dumps({
+    print(json.dumps({"malloc": args.malloc,
         "bench": "generate", "cpu": cpu_name(), "threads": threads, "prompt_len": prompt_len, "new_tokens": new,
         "canvas": s_len, "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
         "static_positions": args.static_positions,

@@ -35,6 +35,22 @@ def limit_threads(threads: int | None) -> int:
     return threads
 
 
+def add_malloc_argument(p) -> None:
+    """``--malloc reuse|default`` for the JAX-vs-torch benchmarks (``apply_malloc`` acts on it)."""
+    p.add_argument("--malloc", default="reuse", choices=["reuse", "default"],
+                   help="reuse: dreamjax.hostmem.reuse_freed_memory() as the dreamjax CLI's compute commands do (both "
+                        "frameworks run in this process); default: glibc's defaults (large temporaries are mapped "
+                        "and unmapped, and faulted back in, on every call)")
+
+
+def apply_malloc(choice: str) -> None:
+    """Before JAX/torch start: with ``reuse``, keep freed host memory for reuse (``dreamjax.hostmem``)."""
+    if choice == "reuse":
+        from dreamjax.hostmem import reuse_freed_memory
+
+        reuse_freed_memory()
+
+
 def _best_seconds(fn, reps: int) -> float:
     fn()  # warm-up (allocations, jit compile)
     best = float("inf")

@@ -1,6 +1,6 @@
 """Dream-VLA policy latency: ``DreamVLA.predict_action`` vs the same computation in PyTorch, same run.
 
-    python benchmarks/predict_action.py [--configs tiny small] [--repeats 20] [--threads 2] [--breakdown]
+    python benchmarks/predict_action.py [--configs tiny small] [--repeats 20] [--threads 2] [--breakdown] [--malloc reuse|default]
 
 Per config, two objectives: flow matching with 4 Euler steps (the LIBERO recipe) and discrete diffusion with 1
 decoding step (the reference eval's ``steps=1``). Batch 1, 2 cameras + proprio, chunk × action dim as below.
@@ -42,7 +42,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 from benchmarks.forward import cpu_name, interleaved  # noqa: E402
-from benchmarks.matmul_peak import limit_threads  # noqa: E402
+from benchmarks.matmul_peak import add_malloc_argument, apply_malloc, limit_threads  # noqa: E402
 
 
 def parse_args():
@@ -54,6 +54,7 @@ def parse_args():
     p.add_argument("--blocked", action="store_true",
                    help="time each implementation in its own block instead of interleaving them")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of a chunk on each side")
+    add_malloc_argument(p)
     return p.parse_args()
 
 
@@ -201,9 +202,9 @@ def parts(policy, torch_policy, images, instruction, proprio) -> dict:
     frame = dict(images=images, instruction=instruction, proprio=proprio)
     layout = policy.layout_for(instruction)
     batch = jax.device_put(collate([layout_sample(frame, policy.tokenizer, layout)]))
-    encode = jax.jit(lambda p, b: objectives._encode(m, p, b))
+    encode = jax.jit(lambda p, b: objectives.encode_batch(m, p, b))
     embeds = encode(p, batch)
-    decode = jax.jit(lambda p, e, b: objectives._decode(m, p, e, b))
+    decode = jax.jit(lambda p, e, b: objectives.decode_batch(m, p, e, b))
     hidden = decode(p, embeds, batch)
     out = {"host layout (tokens + images)": lambda: collate([layout_sample(frame, policy.tokenizer, layout)]),
            "jax: vision + embeddings": lambda: encode(p, batch).block_until_ready(),
@@ -251,6 +252,7 @@ def parts(policy, torch_policy, images, instruction, proprio) -> dict:
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)
+    apply_malloc(args.malloc)
     import jax
     import numpy as np
     import torch
@@ -300,7 +302,7 @@ def main() -> None:
     for rec in records:
         for part, ms in rec.get("breakdown_ms", {}).items():
             print(f"# {rec['config']} {rec['objective']} part: {part:<44} {ms:9.2f} ms")
-    print(json.dumps(dict(benchmark="predict_action", threads=threads, blocked=args.blocked,
+    print(json.dumps(dict(benchmark="predict_action", malloc=args.malloc, threads=threads, blocked=args.blocked,
                           load_average=os.getloadavg()[0], results=records)))
 
 

@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.forward import BATCH, bench_config, build_models, cpu_name, interleaved, make_inputs, model_flops  # noqa: E402
-from benchmarks.matmul_peak import _best_seconds, limit_threads, measure_peak  # noqa: E402
+from benchmarks.matmul_peak import _best_seconds, add_malloc_argument, apply_malloc, limit_threads, measure_peak  # noqa: E402
 
 LR, EPS, CART_Q = 1e-5, 1e-3, 0.1
 
@@ -56,9 +56,7 @@ def parse_args():
     p.add_argument("--attention-impl", default="xla", choices=["xla", "jax"], help="dreamjax attention kernel")
     p.add_argument("--parts", action="store_true",
                    help="also time JAX's forward and forward + backward of the same step (where the time goes)")
-    p.add_argument("--malloc", default="reuse", choices=["reuse", "default"],
-                   help="reuse: dreamjax.hostmem.reuse_freed_memory() as `dreamjax train` does (both frameworks run "
-                        "in this process); default: glibc's defaults (every step faults its temporaries back in)")
+    add_malloc_argument(p)
     p.add_argument("--floor", action="store_true",
                    help="also time every matmul of JAX's step alone at its best layout, and clip + AdamW alone: an "
                         "estimate of the step's matmul share (each timed call also pays its dispatch, ~0.1 ms; "
@@ -264,10 +262,7 @@ def make_jax_step(model, params, x, labels, p, masked, mask_id, logits_at="all")
 def main() -> None:
     args = parse_args()
     threads = limit_threads(args.threads)
-    if args.malloc == "reuse":
-        from dreamjax.hostmem import reuse_freed_memory
-
-        reuse_freed_memory()
+    apply_malloc(args.malloc)
     import numpy as np
     import torch
 

@@ -106,12 +106,17 @@ def _images(batch: Mapping[str, Any]):
     return batch["pixel_values"], batch["patch_positions"], batch["patch_segment_ids"]
 
 
-def _encode(model: DreamVLAModel, params, batch, input_ids=None):
+def encode_batch(model: DreamVLAModel, params, batch, input_ids=None):
+    """Input embeddings of a VLA batch: text (``input_ids``, or the batch's own) with the vision tower's image
+    tokens and the proprio token in place (``DreamVLAModel.vla_embed``). Run once per batch: sampling loops
+    reuse it at every denoising step."""
     ids = batch["input_ids"] if input_ids is None else input_ids
     return model.apply(params, ids, *_images(batch), batch.get("proprio"), method=DreamVLAModel.vla_embed)
 
 
-def _decode(model, params, embeds, batch, action_embeds=None, time_embed=None):
+def decode_batch(model, params, embeds, batch, action_embeds=None, time_embed=None):
+    """Decoder hidden states over ``encode_batch``'s embeddings, the action-chunk positions given
+    ``action_embeds`` (and a timestep embedding for the continuous heads) (``DreamVLAModel.vla_hidden``)."""
     return model.apply(params, embeds, batch["attention_mask"], batch["action_start"], action_embeds, time_embed,
                        method=DreamVLAModel.vla_hidden)
 
@@ -133,8 +138,8 @@ def _noisy_inputs(model, params, noisy, time_values):
 
 # --------------------------------------------------------------------------------------------- losses
 def l1_loss(model, params, batch, rng, settings):
-    embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds))
+    embeds = encode_batch(model, params, batch)
+    hidden = decode_batch(model, params, embeds, batch, _zeros_for_actions(model, embeds))
     pred = _head(model, params, hidden, batch)
     loss = jnp.mean(jnp.abs(pred - batch["actions"].astype(jnp.float32)))
     return loss, dict(loss=loss, l1=loss, num_targets=jnp.float32(pred.size))
@@ -146,8 +151,8 @@ def ddim_loss(model, params, batch, rng, settings):
     noise = jax.random.normal(k_noise, actions.shape, jnp.float32)
     t = jax.random.randint(k_time, (actions.shape[0],), 0, settings.ddim_train_steps)
     noisy = continuous.ddim_add_noise(settings.ddim.alphas_cumprod, actions, noise, t)
-    embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, *_noisy_inputs(model, params, noisy, t))
+    embeds = encode_batch(model, params, batch)
+    hidden = decode_batch(model, params, embeds, batch, *_noisy_inputs(model, params, noisy, t))
     eps_hat = _head(model, params, hidden, batch)
     loss = jnp.mean((eps_hat - noise) ** 2)
     return loss, dict(loss=loss, mse=loss, num_targets=jnp.float32(eps_hat.size))
@@ -159,8 +164,8 @@ def flow_loss(model, params, batch, rng, settings):
     noise = jax.random.normal(k_noise, actions.shape, jnp.float32)
     t = continuous.flow_sample_time(k_time, (actions.shape[0],))
     x_t, velocity = continuous.flow_interpolate(actions, noise, t)
-    embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, *_noisy_inputs(model, params, x_t, t))
+    embeds = encode_batch(model, params, batch)
+    hidden = decode_batch(model, params, embeds, batch, *_noisy_inputs(model, params, x_t, t))
     v_hat = _head(model, params, hidden, batch)
     loss = jnp.mean((v_hat - velocity) ** 2)
     return loss, dict(loss=loss, mse=loss, num_targets=jnp.float32(v_hat.size))
@@ -179,8 +184,8 @@ def discrete_diffusion_loss(model, params, batch, rng, settings):
         full_rows = int(np.floor(settings.full_mask_ratio * labels.shape[0]))
         masked = jnp.where((jnp.arange(labels.shape[0]) < full_rows)[:, None], labels != IGNORE_INDEX, masked)
     noised = jnp.where(masked, jnp.asarray(settings.mask_token_id, batch["input_ids"].dtype), batch["input_ids"])
-    embeds = _encode(model, params, batch, noised)
-    hidden = _decode(model, params, embeds, batch)
+    embeds = encode_batch(model, params, batch, noised)
+    hidden = decode_batch(model, params, embeds, batch)
     index, n = _target_tokens(model, batch)
     logits = model.apply(params, hidden, batch["action_start"], n, method=DreamVLAModel.target_logits)
     # Shifted coordinates (position i scores token i + 1), over the first S − 1 columns as the reference.
@@ -199,8 +204,8 @@ def discrete_diffusion_loss(model, params, batch, rng, settings):
 
 def discrete_loss(model, params, batch, rng, settings):
     """One-step discrete (spec §6.4.5): zero action embeddings, CE on the C·A + 2 shifted targets, mean."""
-    embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds))
+    embeds = encode_batch(model, params, batch)
+    hidden = decode_batch(model, params, embeds, batch, _zeros_for_actions(model, embeds))
     index, n = _target_tokens(model, batch)
     logits = model.apply(params, hidden, batch["action_start"], n, method=DreamVLAModel.target_logits)
     targets = jnp.take_along_axis(batch["labels"], index, axis=1)
@@ -238,20 +243,20 @@ def vla_loss(model: DreamVLAModel, settings: ObjectiveSettings, params, batch: M
 
 # --------------------------------------------------------------------------------------------- predictors
 def _predict_l1(model, params, batch, rng, settings):
-    embeds = _encode(model, params, batch)
-    hidden = _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds))
+    embeds = encode_batch(model, params, batch)
+    hidden = decode_batch(model, params, embeds, batch, _zeros_for_actions(model, embeds))
     return _head(model, params, hidden, batch)
 
 
 def _predict_ddim(model, params, batch, rng, settings):
     h, sched = model.head, settings.ddim
-    embeds = _encode(model, params, batch)  # vision tower + proprio once
+    embeds = encode_batch(model, params, batch)  # vision tower + proprio once
     x = jax.random.normal(rng, (embeds.shape[0], h.chunk, h.action_dim), jnp.float32)
 
     def step(x, per_step):
         t, alpha_t, alpha_prev = per_step
         tt = jnp.full((x.shape[0],), t)
-        hidden = _decode(model, params, embeds, batch, *_noisy_inputs(model, params, x, tt))
+        hidden = decode_batch(model, params, embeds, batch, *_noisy_inputs(model, params, x, tt))
         eps_hat = _head(model, params, hidden, batch)
         return continuous.ddim_step(eps_hat, x, alpha_t, alpha_prev), None
 
@@ -262,12 +267,12 @@ def _predict_ddim(model, params, batch, rng, settings):
 
 def _predict_flow(model, params, batch, rng, settings):
     h = model.head
-    embeds = _encode(model, params, batch)
+    embeds = encode_batch(model, params, batch)
     x = jax.random.normal(rng, (embeds.shape[0], h.chunk, h.action_dim), jnp.float32)
 
     def step(x, t):
         tt = jnp.full((x.shape[0],), t)
-        hidden = _decode(model, params, embeds, batch, *_noisy_inputs(model, params, x, tt))
+        hidden = decode_batch(model, params, embeds, batch, *_noisy_inputs(model, params, x, tt))
         return continuous.flow_euler_step(x, _head(model, params, hidden, batch), settings.flow_steps), None
 
     x, _ = jax.lax.scan(step, x, continuous.flow_euler_times(settings.flow_steps))
@@ -287,8 +292,8 @@ def _argmax_chunks(model, params, hidden, batch, settings):
 
 def predict_discrete(model, params, batch, rng, settings):
     """One-step discrete (spec §6.4.5): zero action embeddings, one forward, argmax among the action ids."""
-    embeds = _encode(model, params, batch)
-    return _argmax_chunks(model, params, _decode(model, params, embeds, batch, _zeros_for_actions(model, embeds)),
+    embeds = encode_batch(model, params, batch)
+    return _argmax_chunks(model, params, decode_batch(model, params, embeds, batch, _zeros_for_actions(model, embeds)),
                           batch, settings)
 
 
@@ -303,14 +308,14 @@ def predict_discrete_diffusion(model, params, batch, rng, settings):
     index, n = _target_tokens(model, batch)
     rows = jnp.arange(index.shape[0])[:, None]
     canvas = batch["input_ids"].at[rows, index].set(settings.mask_token_id)
-    embeds = _encode(model, params, batch, canvas)
+    embeds = encode_batch(model, params, batch, canvas)
     if settings.discrete_steps == 1:
-        return _argmax_chunks(model, params, _decode(model, params, embeds, batch), batch, settings)
+        return _argmax_chunks(model, params, decode_batch(model, params, embeds, batch), batch, settings)
 
     def step(carry, fraction):
         x, embeds = carry
         masked = x == settings.mask_token_id
-        hidden = _decode(model, params, embeds, batch)
+        hidden = decode_batch(model, params, embeds, batch)
         logits = split_target_logits(model, params, hidden, batch["action_start"], settings, n - h.num_action_tokens)
         new = commit_step(*logits, x, masked, fraction, settings)
         fresh = model.apply(params, new, method=DreamVLAModel.embed_tokens).astype(embeds.dtype)
