@@ -29,8 +29,9 @@ def _matmul(x, w):
 
 def _weight_grad_cpu(x2, g2):
     # The input's transpose made a buffer of its own: XLA:CPU then runs dW as a plain [in, n]·[n, out] GEMM
-    # (YNNPACK) instead of a contraction over both operands' leading dim (Eigen), and no longer recomputes
-    # the chain that produced g or x inside transposing copies.
+    # (YNNPACK) instead of a contraction over both operands' leading dim. The barrier does not stop fusion
+    # (XLA:CPU drops it first): the transposing copy may still recompute x's elementwise producer, e.g. the
+    # ViT MLP's bias + activation before fc2 (benchmarks/README.md, the variants tried on 2026-11-22).
     return jnp.dot(jax.lax.optimization_barrier(x2.T), g2)
 
 
