@@ -133,7 +133,7 @@ def test_a_real_tiny_dream_vla_drives_meta_world(tmp_path):
 def test_cli_expert_tcp_tasks_and_blank_padded_task_lists(tmp_path, caplog):
     """`eval metaworld --policy expert` evaluates the expert as `eval collect --expert-tcp-tasks` recorded it;
     task lists may carry blanks (`"reach-v3, push-v3"`); a TCP task outside --tasks, or one given to a
-    checkpoint policy, is refused with a message naming it, before anything runs."""
+    checkpoint policy, or a task list naming no task, is refused with a message naming it, before anything runs."""
     from dreamjax import cli
 
     out = tmp_path / "tcp"
@@ -144,7 +144,8 @@ def test_cli_expert_tcp_tasks_and_blank_padded_task_lists(tmp_path, caplog):
     assert doc["settings"]["tasks"] == ["reach-v3"] and doc["settings"]["expert_tcp_tasks"] == ["reach-v3"]
     assert doc["summary"]["overall"]["successes"] == 2
 
-    bad = [("--tasks", "reach-v3", "--expert-tcp-tasks", "reach-v3, push-v3", "push-v3 not among --tasks reach-v3"),
+    bad = [("--tasks", " , ", "--trials", "1", "no tasks selected"),
+           ("--tasks", "reach-v3", "--expert-tcp-tasks", "reach-v3, push-v3", "push-v3 not among --tasks reach-v3"),
            ("--policy", str(tmp_path / "ckpt"), "--expert-tcp-tasks", "reach-v3", "no meaning with --policy")]
     for flag_a, value_a, flag_b, value_b, message in bad:
         caplog.clear()
